@@ -212,14 +212,31 @@ func appendCompressed(dst, src []byte, codec Codec, level int) (out []byte, ok b
 
 // Decompress decodes src, stored with codec, into exactly size bytes held in
 // dst's array when its capacity suffices. Anything but exactly size bytes of
-// output is ErrCorrupt; memory use is bounded by size (and, for lzma, by the
-// 16 MiB dictionary limit of the reference decoder), whatever src holds.
+// output is ErrCorrupt. Before allocating, size is checked against what src
+// can possibly expand to (snappy's length prefix, the lzma chunk headers, or
+// the codec's maximum ratio), and lzma dictionaries over the reference
+// decoder's 16 MiB limit are refused, so memory use follows the input.
+// Decompress never panics on any input.
 func Decompress(dst, src []byte, codec Codec, size int) ([]byte, error) {
 	if size < 0 {
 		return nil, errors.Wrapf(ErrInvalid, "negative size %d", size)
 	}
 	if !codec.Valid() {
 		return nil, errors.Wrapf(ErrUnknownCodec, "code %d", codec)
+	}
+	// Refuse sizes the stored bytes cannot possibly expand to before
+	// allocating, so a few forged bytes cannot claim hundreds of MiB.
+	if limit := maxExpansion[codec]*uint64(len(src)) + expansionSlack[codec]; codec != CodecSnappy && uint64(size) > limit {
+		return nil, errors.Wrapf(ErrCorrupt, "%s data (%d bytes) cannot decode to %d bytes", codec, len(src), size)
+	}
+	if codec == CodecSnappy {
+		if n, err := s2.DecodedLen(src); err != nil || n != size {
+			return nil, errors.Wrapf(ErrCorrupt, "%s data (%d bytes): length prefix %d (%v), want %d", codec, len(src), n, err, size)
+		}
+	}
+	if codec == CodecLZMA {
+		// The container walk checks the claimed size before allocating.
+		return xzDecompress(dst, src, size)
 	}
 	if cap(dst) < size {
 		dst = make([]byte, size)
@@ -234,16 +251,9 @@ func Decompress(dst, src []byte, codec Codec, size int) ([]byte, error) {
 			copy(out, src)
 		}
 	case CodecSnappy:
-		var n int
-		if n, err = s2.DecodedLen(src); err == nil {
-			if n != size {
-				err = errors.Errorf("block decodes to %d bytes, want %d", n, size)
-			} else {
-				var got []byte
-				if got, err = s2.Decode(out, src); err == nil && len(got) != size {
-					err = errors.Errorf("decoded %d bytes, want %d", len(got), size)
-				}
-			}
+		var got []byte
+		if got, err = s2.Decode(out, src); err == nil && len(got) != size {
+			err = errors.Errorf("decoded %d bytes, want %d", len(got), size)
 		}
 	case CodecLZ4:
 		var n int
@@ -258,8 +268,6 @@ func Decompress(dst, src []byte, codec Codec, size int) ([]byte, error) {
 		}
 	case CodecGzip:
 		err = zlibDecompress(out, src)
-	case CodecLZMA:
-		err = xzDecompress(out, src)
 	case CodecZstd:
 		var got []byte
 		if got, err = zstdDecoder().DecodeAll(src, out[:0:size]); err == nil && len(got) != size {
@@ -275,6 +283,14 @@ func Decompress(dst, src []byte, codec Codec, size int) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// maxExpansion is each codec's highest possible output/input ratio:
+// deflate 1032:1; an LZ4 length byte adds at most 255 bytes; a 4-byte zstd
+// RLE block yields at most 128 KiB; a 6-byte LZMA2 chunk header at most
+// 2 MiB; snappy is checked against its length prefix instead.
+var maxExpansion = [numCodecs]uint64{1, 1032, 0, 349526, 256, 32768}
+
+var expansionSlack = [numCodecs]uint64{0, 0, 0, 0, 64, 128 << 10}
 
 // grow makes room for n more bytes after len(b).
 func grow(b []byte, n int) []byte {

@@ -90,19 +90,26 @@ func xzCompress(dst, src []byte, level int) ([]byte, error) {
 
 var xzBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-func xzDecompress(out, src []byte) error {
+// xzDecompress decodes an lzma record into size bytes held in dst's array
+// when its capacity suffices.
+func xzDecompress(dst, src []byte, size int) ([]byte, error) {
 	bp := xzBufs.Get().(*[]byte)
 	defer xzBufs.Put(bp)
-	prepared, err := xzPrepare((*bp)[:0], src, len(out))
+	prepared, err := xzPrepare((*bp)[:0], src, size)
 	*bp = prepared[:0]
-	if err != nil {
-		return err
+	if err == nil {
+		if cap(dst) < size {
+			dst = make([]byte, size)
+		}
+		var r *xz.Reader
+		if r, err = (xz.ReaderConfig{DictCap: lzma.MinDictCap, SingleStream: true}).NewReader(bytes.NewReader(prepared)); err == nil {
+			err = readExactlyToEnd(r, dst[:size])
+		}
 	}
-	r, err := xz.ReaderConfig{DictCap: lzma.MinDictCap, SingleStream: true}.NewReader(bytes.NewReader(prepared))
 	if err != nil {
-		return err
+		return nil, errors.Wrapf(ErrCorrupt, "%s data (%d bytes): %v", CodecLZMA, len(src), err)
 	}
-	return readExactlyToEnd(r, out)
+	return dst[:size], nil
 }
 
 // xzCheckLen is the length of the check field for each check type.

@@ -1,10 +1,13 @@
 package wdiff
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -38,8 +41,28 @@ func TestGoldenShow(t *testing.T) {
 	}
 }
 
-// TestGoldenReadAll reads every fixture through Open and checks the data
-// sizes and the record statistics against the show output.
+// cppStat parses the wdiff_stat lines of a wdiff-show dump.
+func cppStat(t *testing.T, path string) map[string]uint64 {
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	m := map[string]uint64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "wdiff_stat: "); ok {
+			k, v, _ := strings.Cut(rest, " ")
+			n, err := strconv.ParseUint(v, 10, 64)
+			require.NoError(t, err)
+			m[k] = n
+		}
+	}
+	require.NoError(t, sc.Err())
+	return m
+}
+
+// TestGoldenReadAll reads every fixture with Open/Next, which decompresses
+// all data, and compares the record counts and block totals with what
+// walb-tools reported for the file.
 func TestGoldenReadAll(t *testing.T) {
 	for _, p := range fixtureWdiffs(t) {
 		t.Run(filepath.Base(p), func(t *testing.T) {
@@ -48,23 +71,43 @@ func TestGoldenReadAll(t *testing.T) {
 			defer f.Close()
 			var st Stat
 			for {
-				io1, err := f.Next()
+				x, err := f.Next()
 				if err == io.EOF {
 					break
 				}
 				require.NoError(t, err)
-				st.add(io1.Record)
-				if io1.IsNormal() {
-					require.Len(t, io1.Data, io1.Size())
+				st.add(x.Record)
+				if x.IsNormal() {
+					require.Len(t, x.Data, x.Size())
 				} else {
-					require.Nil(t, io1.Data)
+					require.Nil(t, x.Data)
 				}
 			}
-			var buf bytes.Buffer
-			require.NoError(t, Show(&buf, ShowOptions{NoHead: true, NoRec: true, Stat: true}, p))
-			var want Stat
-			want.WdiffNr, want.DataSize = st.WdiffNr, st.DataSize
-			_ = want
+			want := cppStat(t, p+".show.txt")
+			require.Equal(t, want["normalNr"], st.NormalNr)
+			require.Equal(t, want["allZeroNr"], st.AllZeroNr)
+			require.Equal(t, want["discardNr"], st.DiscardNr)
+			require.Equal(t, want["normalLb"], st.NormalLb)
+			require.Equal(t, want["allZeroLb"], st.AllZeroLb)
+			require.Equal(t, want["discardLb"], st.DiscardLb)
+			require.Equal(t, f.Indexed() != nil, want["wdiffNr"] == 1)
 		})
 	}
+}
+
+// TestShowOptions covers -search, -nohead, -norec and statistics summed
+// over several files, as wdiff-show computes them.
+func TestShowOptions(t *testing.T) {
+	sorted := fixtures.Path(t, "wdiff", "p512_tiny.wdiff")
+	indexed := fixtures.Path(t, "wdiff", "p512_tiny.indexed.wdiff")
+	var buf bytes.Buffer
+	require.NoError(t, Show(&buf, ShowOptions{NoHead: true, Search: true, Addr: 49}, sorted, indexed))
+	require.Equal(t, "wdiff_sorted_rec:\t47\t4\tsnappy\t160\t108\tb4dccb8e\t--\n"+
+		"wdiff_indexed_rec:\t48\t2\tsnappy\t917\t108\t4\t1\tb4dccb8e\t4b232e3a\t--\n", buf.String())
+	buf.Reset()
+	require.NoError(t, Show(&buf, ShowOptions{NoHead: true, NoRec: true, Stat: true}, sorted, indexed))
+	require.Equal(t, "wdiff_stat: wdiffNr 1\nwdiff_stat: normalNr 47\nwdiff_stat: allZeroNr 6\n"+
+		"wdiff_stat: discardNr 5\nwdiff_stat: normalLb 118\nwdiff_stat: allZeroLb 16\n"+
+		"wdiff_stat: discardLb 22\nwdiff_stat: dataSize 3184\n", buf.String())
+	require.Error(t, Show(&buf, ShowOptions{}, filepath.Join(t.TempDir(), "missing.wdiff")))
 }

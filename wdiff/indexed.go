@@ -208,14 +208,16 @@ func newIndexedReaderAfterHeader(r io.ReaderAt, size int64, h FileHeader) (*Inde
 		NRecords:    binary.LittleEndian.Uint32(sb[8:]),
 		NData:       binary.LittleEndian.Uint32(sb[12:]),
 	}
+	// The super describes the file relative to its end, so a super that
+	// does not fit the file is also what a cut-off file looks like.
 	if s.IndexOffset%8 != 0 || s.IndexOffset < FileHeaderSize || s.IndexOffset > uint64(superOff) {
-		return nil, errors.Wrapf(ErrCorrupt, "index super at offset %d: index_offset %d is unaligned or outside [%d, %d]",
-			superOff, s.IndexOffset, FileHeaderSize, superOff)
+		return nil, fmt.Errorf("wdiff: index super at offset %d: index_offset %d is unaligned or outside [%d, %d]: %w (a truncated file looks the same: %w)",
+			superOff, s.IndexOffset, FileHeaderSize, superOff, ErrCorrupt, ErrTruncated)
 	}
 	span := uint64(superOff) - s.IndexOffset
 	if span%IndexRecordSize != 0 || span/IndexRecordSize != uint64(s.NRecords) {
-		return nil, errors.Wrapf(ErrCorrupt, "index super at offset %d: %d index bytes for %d records",
-			superOff, span, s.NRecords)
+		return nil, fmt.Errorf("wdiff: index super at offset %d: %d index bytes for %d records: %w (a truncated file looks the same: %w)",
+			superOff, span, s.NRecords, ErrCorrupt, ErrTruncated)
 	}
 	return &IndexedReader{r: r, size: size, h: h, super: s}, nil
 }
@@ -250,7 +252,9 @@ func (r *IndexedReader) Next() (IO, error) {
 
 // NextStored returns the next record with its image as stored and the
 // record's position inside the decompressed image, without decompressing.
-// The image checksum is verified. At the end it returns io.EOF.
+// The image checksum is verified. Only a record covering its whole image
+// (IOOffset 0, Blocks == OrigBlocks) can be passed on to
+// SortedWriter.WriteStored as is. At the end it returns io.EOF.
 func (r *IndexedReader) NextStored() (IndexRecord, Stored, error) {
 	ir, err := r.NextRaw()
 	if err != nil || !ir.IsNormal() {

@@ -38,11 +38,11 @@ func blockMap(ios []IO) map[uint64][]byte {
 // overlap removal does.
 func writeIndexedCase(t *testing.T, rng *rand.Rand, c Compression, maxIO uint32) ([]byte, []IO) {
 	t.Helper()
-	maxBlocks := 300
+	maxBlocks := 128
 	if c.Codec == CodecLZMA {
 		maxBlocks = 24 // the pure-Go xz encoder runs at a few MB/s
 	}
-	ios := randomIOs(rng, 120, maxBlocks)
+	ios := randomIOs(rng, 80, maxBlocks)
 	var buf bytes.Buffer
 	w, err := NewIndexedWriter(&buf, FileHeader{UUID: testUUID}, c)
 	require.NoError(t, err)

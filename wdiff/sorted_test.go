@@ -30,7 +30,7 @@ func requireSameIOs(t testing.TB, want, got []IO) {
 // levels and 1..4 workers, and reads them back (spec 7.1).
 func TestSortedRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
-	ios := randomIOs(rng, 300, 64)
+	ios := randomIOs(rng, 200, 24)
 	for _, c := range allCodecs {
 		levels := []int{0}
 		switch c {
