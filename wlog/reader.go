@@ -24,6 +24,7 @@ type Reader struct {
 	err     error
 	nPacks  uint64
 	endSeen bool
+	dataOff int64 // file offset of the last record's data
 }
 
 // NewReader reads and validates the file header from r.
@@ -48,6 +49,11 @@ func (r *Reader) Header() FileHeader { return r.hdr }
 // EndLsid returns the lsid just after the last pack read so far; after the
 // end of the file, the real end of the log.
 func (r *Reader) EndLsid() uint64 { return r.lsid }
+
+// DataOffset returns the file offset (from the start of the stream) of the
+// data of the last record NextRecord returned, so a caller holding the file
+// can read it again later with ReadAt.
+func (r *Reader) DataOffset() int64 { return r.dataOff }
 
 // NumPacks returns the packs read so far.
 func (r *Reader) NumPacks() uint64 { return r.nPacks }
@@ -146,6 +152,7 @@ func (r *Reader) NextRecord() (*Record, []byte, error) {
 	if err := r.readFull(b, "logpack data"); err != nil {
 		return nil, nil, r.fail(err)
 	}
+	r.dataOff = start
 	if rec.IsPadding() {
 		return rec, nil, nil
 	}

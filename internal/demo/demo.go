@@ -18,8 +18,8 @@ import (
 
 	"github.com/pkg/errors"
 
-	"github.com/walb-go/walb/wdiff"
 	"github.com/walb-go/walb/walb"
+	"github.com/walb-go/walb/wdiff"
 )
 
 // Options sizes the demo.
