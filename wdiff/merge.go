@@ -96,8 +96,11 @@ func Merge(ctx context.Context, inputs []Reader, w io.Writer, opt MergeOptions) 
 	heads := make([]*mergeHead, len(inputs))
 	for i, r := range inputs {
 		h := &mergeHead{r: r}
-		if sr, ok := r.(*SortedReader); ok {
-			h.sr = sr
+		switch v := r.(type) {
+		case *SortedReader:
+			h.sr = v
+		case *File:
+			h.sr = v.Sorted()
 		}
 		if err := h.advance(); err != nil {
 			return st, errors.Wrapf(err, "input %d", i)

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/walb-go/walb/wdiff"
+	"github.com/walb-go/walb/wlog"
+)
+
+// TestMain lets the test binary serve as the harness's child process, as
+// the bench binary does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == childFlag {
+		os.Exit(childMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr bool
+		check   func(t *testing.T, c config)
+	}{
+		{name: "defaults", check: func(t *testing.T, c config) {
+			require.EqualValues(t, 768<<20, c.size)
+			require.EqualValues(t, 4<<30, c.device)
+			require.Len(t, c.suites, len(allSuites))
+			require.Equal(t, 1, c.count)
+			require.GreaterOrEqual(t, c.workers, 1)
+		}},
+		{name: "quick", args: []string{"-quick"}, check: func(t *testing.T, c config) {
+			require.EqualValues(t, 64<<20, c.size)
+		}},
+		{name: "size and suites", args: []string{"-size", "2G", "-suites", "convert,apply", "-count", "3"}, check: func(t *testing.T, c config) {
+			require.EqualValues(t, 2<<30, c.size)
+			require.Equal(t, map[string]bool{"convert": true, "apply": true}, c.suites)
+			require.Equal(t, 3, c.count)
+		}},
+		{name: "unknown suite", args: []string{"-suites", "convert,fsck"}, wantErr: true},
+		{name: "size not in MiB", args: []string{"-size", "1000K"}, wantErr: true},
+		{name: "zero device", args: []string{"-device", "0"}, wantErr: true},
+		{name: "no workers", args: []string{"-workers", "0"}, wantErr: true},
+		{name: "stray argument", args: []string{"convert"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestResultRates(t *testing.T) {
+	ms := func(n ...int) []sample {
+		var s []sample
+		for _, v := range n {
+			s = append(s, sample{wall: time.Duration(v) * time.Millisecond, inner: time.Duration(v) * time.Microsecond, maxRSS: int64(v) << 20})
+		}
+		return s
+	}
+	tests := []struct {
+		name         string
+		r            result
+		best, median float64
+		rss          int64
+	}{
+		{name: "one run", r: result{bytes: 1e6, samples: ms(500)}, best: 2, median: 2, rss: 500 << 20},
+		{name: "odd count", r: result{bytes: 1e6, samples: ms(1000, 250, 500)}, best: 4, median: 2, rss: 1000 << 20},
+		{name: "even count", r: result{bytes: 1e6, samples: ms(1000, 250, 500, 2000)}, best: 4, median: 4.0 / 3, rss: 2000 << 20},
+		{name: "inner clock", r: result{bytes: 1e6, inner: true, samples: ms(500, 1000)}, best: 2000, median: 4000.0 / 3, rss: 1000 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.InDelta(t, tt.best, tt.r.best(), 1e-9)
+			require.InDelta(t, tt.median, tt.r.median(), 1e-9)
+			require.Equal(t, tt.rss, tt.r.peakRSS())
+		})
+	}
+}
+
+// TestGenLog checks that a workload log is valid, holds exactly the asked
+// data inside the device, and depends on the seed alone.
+func TestGenLog(t *testing.T) {
+	const device, size = 16 << 20, 2 << 20
+	for _, w := range workloads {
+		t.Run(w.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a, err := genLog(filepath.Join(dir, "a.wlog"), w, device, size, 7, 100)
+			require.NoError(t, err)
+			b, err := genLog(filepath.Join(dir, "b.wlog"), w, device, size, 7, 100)
+			require.NoError(t, err)
+			c, err := genLog(filepath.Join(dir, "c.wlog"), w, device, size, 8, 100)
+			require.NoError(t, err)
+			require.Equal(t, fileHash(t, a.path), fileHash(t, b.path))
+			require.NotEqual(t, fileHash(t, a.path), fileHash(t, c.path))
+
+			f, err := os.Open(a.path)
+			require.NoError(t, err)
+			defer f.Close()
+			r, err := wlog.NewReader(bufio.NewReader(f))
+			require.NoError(t, err)
+			var data, ios, discards int
+			for {
+				h, err := r.NextPack()
+				if err == io.EOF {
+					break
+				}
+				require.NoError(t, err)
+				require.LessOrEqual(t, h.DataSize(), packDataBytes)
+				for {
+					rec, _, err := r.NextRecord()
+					if err == io.EOF {
+						break
+					}
+					require.NoError(t, err)
+					require.LessOrEqual(t, (rec.Offset+uint64(rec.IOSize))*wlog.LogicalBlockSize, uint64(device))
+					if rec.IsDiscard() {
+						discards++
+						continue
+					}
+					data += int(rec.IOSize) * wlog.LogicalBlockSize
+					ios++
+				}
+			}
+			require.Equal(t, size, data)
+			require.Equal(t, a.ios, ios)
+			require.Equal(t, a.discards, discards)
+			require.EqualValues(t, 100, a.beginLsid)
+			require.Equal(t, a.endLsid, r.EndLsid())
+		})
+	}
+}
+
+// TestHarness runs every suite at a tiny size and checks the report's
+// lines and that the files the tools made are right: every converted wdiff
+// and the image the apply suite wrote equal the log replayed with
+// wlog.Redo, and the merged wdiff equals the four merge logs replayed in
+// order.
+func TestHarness(t *testing.T) {
+	const device = 64 << 20
+	// Under -race each child would otherwise linger a second at exit.
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	cfg := config{size: 8 << 20, device: device, workers: 2, count: 1, dir: t.TempDir(), keep: true,
+		suites: map[string]bool{}}
+	for _, s := range allSuites {
+		cfg.suites[s] = true
+	}
+	var out bytes.Buffer
+	dir, err := run(context.Background(), cfg, &out, io.Discard)
+	require.NoError(t, err)
+	report := out.String()
+	t.Log("\n" + report)
+
+	rate := ` +\d+\.\d MB/s `
+	op := rate + ` +\(\d+\.\d\dx raw write\) +peak RSS +\d+ MiB +\d+\.\d\d s, cpu +\d+\.\d\d s`
+	lines := []string{
+		`workload random4k: +8 MiB of 4 KiB writes at random 4 KiB-aligned offsets over a 64 MiB device`,
+		`workload seqmix: +8 MiB of mostly sequential 4-64 KiB writes`,
+		`baseline memmove` + rate,
+		`baseline raw file write` + rate,
+		`baseline raw file read \(cold\)` + rate + `.*page cache dropped`,
+		`baseline raw file read \(warm\)` + rate,
+		`targets: convert snappy >= 340 MB/s \(C\+\+ 226\): convert random4k snappy .* convert seqmix snappy `,
+		` +merge 4 >= 1\.5 GB/s snappy .*: merge random4k 4 wdiffs snappy .* merge seqmix 4 wdiffs snappy `,
+		` +apply random 4K >= 320 MB/s \(C\+\+ 311\): apply random4k sorted [\d.]+ MB/s (ok|MISS)`,
+	}
+	for _, w := range workloads {
+		for _, c := range convertCodecs {
+			lines = append(lines, `convert `+w.name+` `+c+op+` +wlog [\d.]+ MB -> wdiff [\d.]+ MB`)
+		}
+		lines = append(lines, `merge `+w.name+` 4 wdiffs snappy`+op, `apply `+w.name+` sorted`+op)
+	}
+	for _, l := range lines {
+		require.Regexp(t, regexp.MustCompile(`(?m)^`+l), report)
+	}
+
+	for _, w := range workloads {
+		want := redoImage(t, device, filepath.Join(dir, w.name+".wlog"))
+		require.NotEqual(t, zeroImage(t, device), want, "the log must change the image")
+		for _, c := range convertCodecs {
+			got := applyImage(t, device, filepath.Join(dir, w.name+"."+c+".wdiff"))
+			require.Equal(t, want, got, "%s converted with %s", w.name, c)
+		}
+		require.Equal(t, want, fileHash(t, filepath.Join(dir, w.name+".img")), "%s image of the apply suite", w.name)
+
+		none, snappy := sizeOf(t, dir, w.name+".none.wdiff"), sizeOf(t, dir, w.name+".snappy.wdiff")
+		require.InDelta(t, 0.55, float64(snappy)/float64(none), 0.2, "%s data should be about half compressible", w.name)
+
+		var logs []string
+		for i := range 4 {
+			logs = append(logs, filepath.Join(dir, fmt.Sprintf("%s.merge%d.wlog", w.name, i)))
+		}
+		require.Equal(t, redoImage(t, device, logs...), applyImage(t, device, filepath.Join(dir, w.name+".merged.wdiff")),
+			"%s merged wdiff", w.name)
+	}
+}
+
+func fileHash(t *testing.T, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	require.NoError(t, err)
+	return [32]byte(h.Sum(nil))
+}
+
+func sizeOf(t *testing.T, dir, name string) int64 {
+	t.Helper()
+	n, err := fileSize(filepath.Join(dir, name))
+	require.NoError(t, err)
+	return n
+}
+
+func newImage(t *testing.T, size int64) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "img")
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	require.NoError(t, f.Truncate(size))
+	return f
+}
+
+func zeroImage(t *testing.T, size int64) [32]byte {
+	return fileHash(t, newImage(t, size).Name())
+}
+
+// redoImage replays wlogs in order, discards as zeros, onto a zero image.
+func redoImage(t *testing.T, size int64, wlogs ...string) [32]byte {
+	t.Helper()
+	img := newImage(t, size)
+	for _, p := range wlogs {
+		f, err := os.Open(p)
+		require.NoError(t, err)
+		r, err := wlog.NewReader(bufio.NewReader(f))
+		require.NoError(t, err)
+		_, err = wlog.Redo(context.Background(), r, img, wlog.RedoOptions{ZeroDiscard: true, Size: size})
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+	}
+	return fileHash(t, img.Name())
+}
+
+// applyImage applies a wdiff, discards as zeros, onto a zero image.
+func applyImage(t *testing.T, size int64, path string) [32]byte {
+	t.Helper()
+	img := newImage(t, size)
+	f, err := wdiff.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = wdiff.Apply(context.Background(), f, img, wdiff.ApplyOptions{ZeroDiscard: true, Size: size})
+	require.NoError(t, err)
+	return fileHash(t, img.Name())
+}
