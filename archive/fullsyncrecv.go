@@ -1,0 +1,244 @@
+package archive
+
+import (
+	"context"
+	"time"
+
+	"github.com/pkg/errors"
+
+	"github.com/walb-go/walb/imagestore"
+	"github.com/walb-go/walb/meta"
+	"github.com/walb-go/walb/server"
+)
+
+// FullSyncRecv receives a full image into a volume's base (full backup,
+// system.md §6.5 dirty-full-sync3): the volume sits in FullSync while the
+// bulks arrive in address order; Commit makes the image the base and the
+// volume Archived. Until Commit the persisted state stays SyncReady, so a
+// crash or an error leaves SyncReady and the backup must be rerun.
+type FullSyncRecv struct {
+	e      *Engine
+	v      *volume
+	tx     *server.StateTxn
+	img    imagestore.Image
+	ctx    context.Context
+	done   func()
+	sizeLB uint64
+	pos    uint64 // bytes written so far
+	dirty  int64  // bytes since the last fdatasync
+	ended  bool
+}
+
+// BeginFullSync starts receiving a full image of sizeLB blocks into vol,
+// which must be SyncReady with nothing running and not stopping. The base
+// image is created, or grown if smaller; an existing image's content is
+// overwritten by the bulks (zero bulks deallocate), and anything past
+// sizeLB is deallocated.
+func (e *Engine) BeginFullSync(ctx context.Context, vol string, sizeLB uint64) (*FullSyncRecv, error) {
+	if sizeLB == 0 || sizeLB > maxVolumeLB {
+		return nil, errorf(ErrBadArgs, "full-sync %s: size %d LB", vol, sizeLB)
+	}
+	tx, err := e.vols.Begin(ctx, vol, StateFullSync, guard(CmdFullSync))
+	if err != nil {
+		return nil, err
+	}
+	v, err := e.volume(vol)
+	if err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	actx, done := v.actionContext(ctx)
+	f := &FullSyncRecv{e: e, v: v, tx: tx, ctx: actx, done: done, sizeLB: sizeLB}
+	if err := f.openBase(ctx); err != nil {
+		f.Abort()
+		return nil, err
+	}
+	v.progressLB.Store(0)
+	e.logv(vol).Info("full-sync started", "sizeLb", sizeLB)
+	return f, nil
+}
+
+// maxVolumeLB bounds volume sizes (2^63 bytes).
+const maxVolumeLB = 1 << 54
+
+func (f *FullSyncRecv) openBase(ctx context.Context) error {
+	store := f.e.cfg.Images
+	name := baseImageName(f.v.name)
+	want := int64(f.sizeLB * lbSize)
+	img, err := store.Open(ctx, name, imagestore.ReadWrite)
+	switch {
+	case errors.Is(err, imagestore.ErrNotFound):
+		img, err = store.Create(ctx, name, want)
+		if err != nil {
+			return errors.Wrapf(err, "archive: full-sync %s: create base image", f.v.name)
+		}
+	case err != nil:
+		return errors.Wrapf(err, "archive: full-sync %s: open base image", f.v.name)
+	case img.Size() < want:
+		_ = img.Close()
+		if err := store.Resize(ctx, name, want); err != nil {
+			return errors.Wrapf(err, "archive: full-sync %s: grow base image", f.v.name)
+		}
+		if img, err = store.Open(ctx, name, imagestore.ReadWrite); err != nil {
+			return errors.Wrapf(err, "archive: full-sync %s: open base image", f.v.name)
+		}
+	}
+	f.img = img
+	if img.Size() > want {
+		if err := img.Punch(want, img.Size()-want); err != nil {
+			return errors.Wrapf(err, "archive: full-sync %s: clear the tail of the base image", f.v.name)
+		}
+	}
+	f.v.mu.Lock()
+	f.v.sizeLB = uint64(img.Size()) / lbSize
+	f.v.mu.Unlock()
+	return nil
+}
+
+// SizeLB returns the announced size.
+func (f *FullSyncRecv) SizeLB() uint64 { return f.sizeLB }
+
+// Context returns the context of the transfer: canceled by a force stop of
+// the volume or by the context BeginFullSync got.
+func (f *FullSyncRecv) Context() context.Context { return f.ctx }
+
+func (f *FullSyncRecv) check(n int64) error {
+	if f.ended {
+		return errors.Wrap(ErrBadArgs, "archive: full-sync already ended")
+	}
+	if err := f.ctx.Err(); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s", f.v.name)
+	}
+	if n%lbSize != 0 {
+		return errorf(ErrCorruptStream, "full-sync %s: bulk of %d bytes is not a whole number of blocks", f.v.name, n)
+	}
+	if f.pos+uint64(n) > f.sizeLB*lbSize {
+		return errorf(ErrCorruptStream, "full-sync %s: bulk at %d of %d bytes passes the volume size %d LB", f.v.name, f.pos, n, f.sizeLB)
+	}
+	return nil
+}
+
+// Write writes the next bulk of data (a whole number of blocks).
+func (f *FullSyncRecv) Write(p []byte) (int, error) {
+	if err := f.check(int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := f.img.WriteAt(p, int64(f.pos))
+	f.advance(int64(n))
+	if err != nil {
+		return n, errors.Wrapf(err, "archive: full-sync %s: write at %d", f.v.name, f.pos)
+	}
+	return n, f.maybeSync()
+}
+
+// WriteZeros records that the next nLB blocks are zero.
+func (f *FullSyncRecv) WriteZeros(nLB uint64) error {
+	if nLB > f.sizeLB {
+		return errorf(ErrCorruptStream, "full-sync %s: zero bulk of %d LB", f.v.name, nLB)
+	}
+	n := int64(nLB * lbSize)
+	if err := f.check(n); err != nil {
+		return err
+	}
+	if err := f.img.Punch(int64(f.pos), n); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s: zero at %d", f.v.name, f.pos)
+	}
+	f.advance(n)
+	return f.maybeSync()
+}
+
+func (f *FullSyncRecv) advance(n int64) {
+	f.pos += uint64(n)
+	f.dirty += n
+	f.v.progressLB.Store(f.pos / lbSize)
+}
+
+func (f *FullSyncRecv) maybeSync() error {
+	if f.dirty < f.e.cfg.fsyncInterval() {
+		return nil
+	}
+	f.dirty = 0
+	if err := f.img.Sync(); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s: fdatasync", f.v.name)
+	}
+	return nil
+}
+
+// Flush checks that every block has arrived and makes them durable (the
+// archive acknowledges the data before the storage takes its snapshot).
+func (f *FullSyncRecv) Flush() error {
+	if f.ended {
+		return errors.Wrap(ErrBadArgs, "archive: full-sync already ended")
+	}
+	if f.pos != f.sizeLB*lbSize {
+		return errorf(ErrCorruptStream, "full-sync %s: %d of %d bytes received", f.v.name, f.pos, f.sizeLB*lbSize)
+	}
+	if err := f.img.Sync(); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s: fdatasync", f.v.name)
+	}
+	f.dirty = 0
+	return nil
+}
+
+// Commit ends the transfer once every block has arrived: the image is
+// synced, then the base becomes <snap> stamped ts, a new archive uuid is
+// generated, uuid is stored as the source device's, and the volume becomes
+// Archived (the state file is written last). Commit or Abort must be
+// called exactly once.
+func (f *FullSyncRecv) Commit(snap meta.Snap, ts time.Time, uuid meta.UUID) error {
+	if f.ended {
+		return errors.Wrap(ErrBadArgs, "archive: full-sync already ended")
+	}
+	defer f.Abort()
+	if f.pos != f.sizeLB*lbSize {
+		return errorf(ErrCorruptStream, "full-sync %s: %d of %d bytes received", f.v.name, f.pos, f.sizeLB*lbSize)
+	}
+	if err := snap.Validate(); err != nil {
+		return errorf(ErrBadArgs, "full-sync %s: snapshot %s: %v", f.v.name, snap, err)
+	}
+	base := meta.NewState(snap, ts)
+	if err := base.Validate(); err != nil {
+		return errorf(ErrBadArgs, "full-sync %s: base %s: %v", f.v.name, base, err)
+	}
+	if err := f.img.Sync(); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s: fdatasync", f.v.name)
+	}
+	aUUID, err := meta.NewUUID()
+	if err != nil {
+		return err
+	}
+	v := f.v
+	if err := saveBase(v.dir, base); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+	}
+	if err := saveUUID(v.dir, archiveUUIDFileName, aUUID); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+	}
+	if err := saveUUID(v.dir, uuidFileName, uuid); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+	}
+	v.mu.Lock()
+	v.base, v.archiveUUID, v.uuid = base, aUUID, uuid
+	v.lastSync = time.Now()
+	v.mu.Unlock()
+	if err := f.e.commitState(f.tx, v, StateArchived); err != nil {
+		return err
+	}
+	f.e.logv(v.name).Info("full-sync done", "base", base.StringTs(), "uuid", uuid.String())
+	return nil
+}
+
+// Abort ends the transfer without committing: the volume returns to
+// SyncReady. It is a no-op after Commit.
+func (f *FullSyncRecv) Abort() {
+	if f.ended {
+		return
+	}
+	f.ended = true
+	if f.img != nil {
+		_ = f.img.Close()
+	}
+	f.tx.Rollback()
+	f.v.progressLB.Store(0)
+	f.done()
+}
