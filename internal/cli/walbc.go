@@ -115,17 +115,17 @@ func init() {
 		{name: "apply", params: "VOL GID", help: "Apply diffs up to GID into the base image.", min: 2, max: 2, reply: accept, value: none,
 			check: all(volArg, gidArgs(1)), wait: waitApply, progress: true},
 		{name: "merge", params: "VOL GIDB size MB | VOL GIDB gid GIDE", help: "Merge diffs.", min: 4, max: 4, reply: accept, value: none,
-			check: all(volArg, gidArgs(1), wordArg(2, "size", "gid"), gidArgs(3)), wait: waitMerge, progress: true},
+			check: all(volArg, numArg(1), wordArg(2, "size", "gid"), numArg(3)), wait: waitMerge, progress: true},
 		{name: "gc-diff", params: "VOL", help: "Remove diffs off the base chain; prints how many.", min: 1, max: 1, reply: ok,
 			value: valueOf(controller.U64Value), optional: true, check: volArg},
 		{name: "replicate", params: "VOL gid|size N ADDR:PORT [DORESYNC DONTMERGE CMPR MAXMERGE BULK]", help: "Replicate to another archive.",
-			min: 4, max: 9, reply: accept, value: none, check: all(volArg, wordArg(1, "gid", "size"), gidArgs(2)), wait: waitReplicate, progress: true},
+			min: 4, max: 9, reply: accept, value: none, check: all(volArg, wordArg(1, "gid", "size"), numArg(2), hostPortArg(3)), wait: waitReplicate, progress: true},
 		{name: "archive-info", params: "add|update VOL NAME ADDR:PORT [CMPR [DELAY]] | delete|get VOL NAME | list VOL",
 			help: "Manage a proxy's archive infos.", min: 2, max: 6, reply: ok, value: archiveInfoValue, check: checkArchiveInfo},
 		{name: "kick", params: "[VOL [ARCHIVE]]", help: "Retry delayed work now.", max: 2, reply: ok, value: none, check: optVolArg},
 		{name: "set-full-scan-bps", params: "BPS", help: "Throttle backup reads (0: unlimited).", min: 1, max: 1, reply: ok, value: none, check: sizeArg(0)},
 		{name: "bhash", params: "VOL GID [BULK [SIZE]]", help: "Print the block hash of a snapshot.", min: 2, max: 4, reply: ok,
-			value: valueOf(controller.StringValue), check: all(volArg, gidArgs(1), sizeArg(2), sizeArg(3))},
+			value: valueOf(controller.StringValue), check: all(volArg, numArg(1), sizeArg(2), sizeArg(3))},
 		{name: "exec", params: "ARGS...", help: "Run a command on the server's host (servers started with -allow-exec).", min: 1, max: -1, reply: ok,
 			value: valueOf(controller.StringsValue)},
 		{name: "shutdown", params: "[graceful|force]", help: "Shut the server down.", max: 1, reply: accept, value: none,
@@ -174,10 +174,33 @@ func optVolArg(a []string) error {
 // gidArgs checks that every argument from i on is a gid.
 func gidArgs(i int) func([]string) error {
 	return func(a []string) error {
-		for ; i < len(a); i++ {
-			if _, err := strconv.ParseUint(a[i], 10, 64); err != nil {
-				return errors.Wrapf(ErrUsage, "%q is not a number", a[i])
+		for _, g := range a[min(i, len(a)):] {
+			if _, err := strconv.ParseUint(g, 10, 64); err != nil {
+				return errors.Wrapf(ErrUsage, "%q is not a number", g)
 			}
+		}
+		return nil
+	}
+}
+
+// numArg checks that argument i, if present, is a number.
+func numArg(i int) func([]string) error {
+	return func(a []string) error {
+		if i >= len(a) {
+			return nil
+		}
+		return gidArgs(0)(a[i : i+1])
+	}
+}
+
+// hostPortArg checks that argument i, if present, is HOST:PORT.
+func hostPortArg(i int) func([]string) error {
+	return func(a []string) error {
+		if i >= len(a) {
+			return nil
+		}
+		if _, _, err := net.SplitHostPort(a[i]); err != nil {
+			return errors.Wrapf(ErrUsage, "address %q: want HOST:PORT", a[i])
 		}
 		return nil
 	}
