@@ -38,21 +38,26 @@ func TestEndToEnd(t *testing.T) {
 	cases := []struct {
 		apply   ApplyMode
 		maxOpen int
+		discard DiscardMode
 	}{
-		{ApplyInPlace, 0},
-		{ApplyClone, 0},
-		{ApplyInPlace, 2},
-		{ApplyClone, 3},
+		{ApplyInPlace, 0, DiscardZero},
+		{ApplyClone, 0, DiscardZero},
+		{ApplyInPlace, 2, DiscardPassdown},
+		{ApplyClone, 3, DiscardZero},
+		// With discards ignored, a discarded range keeps old data, which
+		// the model cannot follow through merges: no discards then.
+		{ApplyAuto, 0, DiscardIgnore},
 	}
 	for _, tc := range cases {
-		t.Run(fmt.Sprintf("%s/maxopen%d", tc.apply, tc.maxOpen), func(t *testing.T) {
-			tweak := func(c *Config) { c.Apply = tc.apply; c.MaxOpen = tc.maxOpen }
+		t.Run(fmt.Sprintf("%s/maxopen%d/discard-%s", tc.apply, tc.maxOpen, tc.discard), func(t *testing.T) {
+			t.Parallel()
+			tweak := func(c *Config) { c.Apply = tc.apply; c.MaxOpen = tc.maxOpen; c.Discard = tc.discard }
 			env := newEnv(t, tweak)
 			ctx := testCtx(t)
 			const vol = "vol-0"
 			const n = 12
 			m := newModel(uint64(tc.maxOpen)+7, 4096)
-			m.discard = true
+			m.discard = tc.discard != DiscardIgnore
 
 			require.NoError(t, env.e.InitVol(ctx, vol))
 			st, _ := env.e.State(vol)

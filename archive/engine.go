@@ -126,7 +126,7 @@ func (e *Engine) State(vol string) (string, error) {
 	return e.vols.State(vol), nil
 }
 
-// setSteady persists st as vol's state and then commits tx to it: the
+// commitState persists st as the volume's state, then commits tx to it: the
 // order that keeps the file and memory agreeing after a crash (the file
 // may be ahead, never behind, of what a client was told).
 func (e *Engine) commitState(tx *server.StateTxn, v *volume, st string) error {

@@ -52,7 +52,7 @@ const (
 	// MaxBulkLB is the largest bulk (4 MiB, walb-tools' maximum).
 	MaxBulkLB = 8192
 	// DefaultBulkLB is the storage's default bulk (256 KiB).
-	DefaultBulkLB = 512
+	DefaultBulkLB  = 512
 	bulkHeaderSize = 12
 )
 
@@ -150,38 +150,81 @@ func recvBulks(f *FullSyncRecv, sr *wire.StreamReader, bulkLB uint64) error {
 		if err != nil {
 			return err
 		}
-		if len(chunk) < bulkHeaderSize {
-			return errorf(ErrCorruptStream, "full-sync: bulk of %d bytes", len(chunk))
+		var b bulk
+		if b, buf, err = decodeBulk(chunk, bulkLB, buf[:0]); err != nil {
+			return err
 		}
-		kind, codec := chunk[0], wdiff.Codec(chunk[1])
-		nLB := uint64(binary.LittleEndian.Uint32(chunk[4:]))
-		csum := binary.LittleEndian.Uint32(chunk[8:])
-		if nLB == 0 || nLB > bulkLB || binary.LittleEndian.Uint16(chunk[2:]) != 0 {
-			return errorf(ErrCorruptStream, "full-sync: bulk header %x", chunk[:bulkHeaderSize])
+		if b.zero {
+			err = f.WriteZeros(b.nLB)
+		} else {
+			_, err = f.Write(b.data)
 		}
-		switch kind {
-		case bulkZero:
-			if len(chunk) != bulkHeaderSize || codec != 0 || csum != 0 {
-				return errorf(ErrCorruptStream, "full-sync: malformed zero bulk")
-			}
-			if err := f.WriteZeros(nLB); err != nil {
-				return err
-			}
-		case bulkData:
-			buf, err = wdiff.Decompress(buf[:0], chunk[bulkHeaderSize:], codec, int(nLB*lbSize))
-			if err != nil {
-				return errorf(ErrCorruptStream, "full-sync: bulk data: %v", err)
-			}
-			if checksum.Sum(buf, 0) != csum {
-				return errorf(ErrCorruptStream, "full-sync: bulk checksum mismatch")
-			}
-			if _, err := f.Write(buf); err != nil {
-				return err
-			}
-		default:
-			return errorf(ErrCorruptStream, "full-sync: bulk kind %d", kind)
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// bulk is a decoded full-sync bulk.
+type bulk struct {
+	zero bool
+	nLB  uint64
+	data []byte // nLB blocks, uncompressed; nil for a zero bulk
+}
+
+// decodeBulk parses and verifies one bulk chunk of at most bulkLB blocks,
+// decompressing into buf's array. Every malformed chunk is
+// ErrCorruptStream.
+func decodeBulk(chunk []byte, bulkLB uint64, buf []byte) (bulk, []byte, error) {
+	if len(chunk) < bulkHeaderSize {
+		return bulk{}, buf, errorf(ErrCorruptStream, "full-sync: bulk of %d bytes", len(chunk))
+	}
+	kind, codec := chunk[0], wdiff.Codec(chunk[1])
+	nLB := uint64(binary.LittleEndian.Uint32(chunk[4:]))
+	csum := binary.LittleEndian.Uint32(chunk[8:])
+	if nLB == 0 || nLB > bulkLB || binary.LittleEndian.Uint16(chunk[2:]) != 0 {
+		return bulk{}, buf, errorf(ErrCorruptStream, "full-sync: bulk header %x", chunk[:bulkHeaderSize])
+	}
+	switch kind {
+	case bulkZero:
+		if len(chunk) != bulkHeaderSize || codec != 0 || csum != 0 {
+			return bulk{}, buf, errorf(ErrCorruptStream, "full-sync: malformed zero bulk")
+		}
+		return bulk{zero: true, nLB: nLB}, buf, nil
+	case bulkData:
+		out, err := wdiff.Decompress(buf, chunk[bulkHeaderSize:], codec, int(nLB*lbSize))
+		if err != nil {
+			return bulk{}, buf, errorf(ErrCorruptStream, "full-sync: bulk data: %v", err)
+		}
+		if checksum.Sum(out, 0) != csum {
+			return bulk{}, out, errorf(ErrCorruptStream, "full-sync: bulk checksum mismatch")
+		}
+		return bulk{nLB: nLB, data: out}, out, nil
+	}
+	return bulk{}, buf, errorf(ErrCorruptStream, "full-sync: bulk kind %d", kind)
+}
+
+// encodeBulk appends the chunk of one bulk of raw data (a whole number of
+// blocks) to dst, compressing with cmpr when that is smaller; comp is
+// scratch space for the compressor, returned for reuse.
+func encodeBulk(dst, raw, comp []byte, cmpr wdiff.Compression) (chunk, scratch []byte, err error) {
+	start := len(dst)
+	dst = append(dst, make([]byte, bulkHeaderSize)...)
+	binary.LittleEndian.PutUint32(dst[start+4:], uint32(len(raw)/lbSize))
+	if isZero(raw) {
+		dst[start] = bulkZero
+		return dst, comp, nil
+	}
+	stored, codec, err := wdiff.Compress(comp[:0], raw, cmpr.Codec, cmpr.Level)
+	if err != nil {
+		return dst, comp, err
+	}
+	if codec != wdiff.CodecNone {
+		comp = stored
+	}
+	dst[start], dst[start+1] = bulkData, byte(codec)
+	binary.LittleEndian.PutUint32(dst[start+8:], checksum.Sum(raw, 0))
+	return append(dst, stored...), comp, nil
 }
 
 // FullSyncOptions configure the client side of a full sync.
@@ -267,23 +310,10 @@ func (f *FullSyncClient) SendImage(ctx context.Context, src io.ReaderAt) error {
 			_ = sw.Abort(errors.Wrap(err, "full-sync client: read the device"))
 			return errors.Wrapf(err, "archive: full-sync: read at block %d", pos)
 		}
-		chunk = chunk[:bulkHeaderSize]
-		clear(chunk)
-		binary.LittleEndian.PutUint32(chunk[4:], uint32(nLB))
-		if isZero(b) {
-			chunk[0] = bulkZero
-		} else {
-			stored, codec, err := wdiff.Compress(comp[:0], b, f.cmpr.Codec, f.cmpr.Level)
-			if err != nil {
-				_ = sw.Abort(err)
-				return err
-			}
-			if codec != wdiff.CodecNone {
-				comp = stored
-			}
-			chunk[0], chunk[1] = bulkData, byte(codec)
-			binary.LittleEndian.PutUint32(chunk[8:], checksum.Sum(b, 0))
-			chunk = append(chunk, stored...)
+		var err error
+		if chunk, comp, err = encodeBulk(chunk[:0], b, comp, f.cmpr); err != nil {
+			_ = sw.Abort(err)
+			return err
 		}
 		if err := sw.Send(chunk); err != nil {
 			return err

@@ -14,29 +14,29 @@ import (
 // Get targets (system.md §5.10). Values: lists are string vectors in
 // walb-tools' text forms, counts and sizes u64, yes/no answers bool.
 const (
-	GetState           = "state"            // VOL -> string
-	GetVol             = "vol"              // -> []string: volumes with a directory
-	GetDiff            = "diff"             // VOL [G0 [G1]] -> []string: diff listings
-	GetApplicableDiff  = "applicable-diff"  // VOL [MAXGID] -> []string
-	GetTotalDiffSize   = "total-diff-size"  // VOL [G0 [G1]] -> u64
-	GetNumDiff         = "num-diff"         // VOL [G0 [G1]] -> u64
-	GetExistsDiff      = "exists-diff"      // VOL B0 B1 E0 E1 -> bool
-	GetRestored        = "restored"         // VOL -> []string: gids
-	GetRestorable      = "restorable"       // VOL [all] -> []string: "GID ts 0|1"
-	GetMetaSnap        = "meta-snap"        // VOL [GID] -> string
-	GetMetaState       = "meta-state"       // VOL 0|1 [GID] -> string
-	GetLatestSnap      = "latest-snap"      // [VOL] -> []string
+	GetState           = "state"             // VOL -> string
+	GetVol             = "vol"               // -> []string: volumes with a directory
+	GetDiff            = "diff"              // VOL [G0 [G1]] -> []string: diff listings
+	GetApplicableDiff  = "applicable-diff"   // VOL [MAXGID] -> []string
+	GetTotalDiffSize   = "total-diff-size"   // VOL [G0 [G1]] -> u64
+	GetNumDiff         = "num-diff"          // VOL [G0 [G1]] -> u64
+	GetExistsDiff      = "exists-diff"       // VOL B0 B1 E0 E1 -> bool
+	GetRestored        = "restored"          // VOL -> []string: gids
+	GetRestorable      = "restorable"        // VOL [all] -> []string: "GID ts 0|1"
+	GetMetaSnap        = "meta-snap"         // VOL [GID] -> string
+	GetMetaState       = "meta-state"        // VOL 0|1 [GID] -> string
+	GetLatestSnap      = "latest-snap"       // [VOL] -> []string
 	GetExistsBaseImage = "exists-base-image" // VOL -> bool
-	GetUUID            = "uuid"             // VOL -> string (32 hex)
-	GetArchiveUUID     = "archive-uuid"     // VOL -> string (32 hex)
-	GetBase            = "base"             // VOL -> string: MetaState with timestamp
-	GetBaseAll         = "base-all"         // -> []string
-	GetVolSize         = "vol-size"         // VOL -> u64 (LB)
-	GetProgress        = "progress"         // VOL -> u64 (LB)
-	GetNumAction       = "num-action"       // VOL ACTION -> u64
-	GetAllActions      = "all-actions"      // -> []string
-	GetRestoredPath    = "restored-path"    // VOL GID -> string: the image's path
-	GetRestoredExport  = "restored-export"  // VOL GID -> string: the NBD export name
+	GetUUID            = "uuid"              // VOL -> string (32 hex)
+	GetArchiveUUID     = "archive-uuid"      // VOL -> string (32 hex)
+	GetBase            = "base"              // VOL -> string: MetaState with timestamp
+	GetBaseAll         = "base-all"          // -> []string
+	GetVolSize         = "vol-size"          // VOL -> u64 (LB)
+	GetProgress        = "progress"          // VOL -> u64 (LB)
+	GetNumAction       = "num-action"        // VOL ACTION -> u64
+	GetAllActions      = "all-actions"       // -> []string
+	GetRestoredPath    = "restored-path"     // VOL GID -> string: the image's path
+	GetRestoredExport  = "restored-export"   // VOL GID -> string: the NBD export name
 )
 
 func (s *Server) registerGets() {

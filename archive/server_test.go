@@ -51,6 +51,9 @@ func startArchive(t *testing.T, root string, tweak func(*Config)) *tcpArchive {
 	require.NoError(t, s.Listen())
 	ta := &tcpArchive{t: t, s: s, addr: s.Addr().String(), nbdAddr: nl.Addr().String(), done: make(chan error, 1), root: root}
 	go func() { ta.done <- s.Run(context.Background()) }()
+	// Connections are served after Recover: once one is, the engine (and
+	// its NBD exports) is up.
+	require.Equal(t, HostType, ta.getString(testCtx(t), "host-type"))
 	t.Cleanup(func() {
 		ta.stop()
 		_ = nb.Shutdown(context.Background())
@@ -263,7 +266,8 @@ func TestServerOverTCP(t *testing.T) {
 	for _, g := range []uint64{0, 3, n} {
 		gs := u64s(g)
 		ta.accept(ctx, "restore", vol, gs)
-		waitFor(t, "restored "+gs, func() bool { return contains(ta.getStrings(ctx, "restored", vol), gs) })
+		waitFor(t, "restored "+gs, func() bool { return ta.getU64(ctx, "num-action", vol, "Restore") == 0 })
+		require.Contains(t, ta.getStrings(ctx, "restored", vol), gs)
 		export := ta.getString(ctx, "restored-export", vol, gs)
 		require.Equal(t, vol+"/"+gs, export)
 		require.Equal(t, m.sha[g], nbdSHA(t, ta.nbdAddr, export), "gid %d over NBD", g)
@@ -280,15 +284,16 @@ func TestServerOverTCP(t *testing.T) {
 	// Merge 2..4 by gid: 2->3 is explicit (it may start a merge), 3->4 is
 	// mergeable, 4->5 is explicit and ends it.
 	ta.accept(ctx, "merge", vol, "2", "gid", "6")
-	waitFor(t, "merge", func() bool { return ta.getU64(ctx, "num-diff", vol) == n-1 })
+	waitFor(t, "merge", func() bool { return ta.getU64(ctx, "num-action", vol, "Merge") == 0 })
+	require.EqualValues(t, n-1, ta.getU64(ctx, "num-diff", vol))
 	require.Equal(t, "|2|-->|4|", strings.Fields(ta.getStrings(ctx, "diff", vol, "2", "3")[0])[0])
 	_, _, err = ta.cmd(ctx, "merge", vol, "3", "gid", "4")
 	require.ErrorIs(t, err, wire.ErrBadRequest)
 
 	// Apply to 5.
 	ta.accept(ctx, "apply", vol, "5")
-	waitFor(t, "apply", func() bool { return strings.HasPrefix(ta.getString(ctx, "base", vol), "<|5|>") })
-	require.EqualValues(t, 0, ta.getU64(ctx, "num-action", vol, "Apply"))
+	waitFor(t, "apply", func() bool { return ta.getU64(ctx, "num-action", vol, "Apply") == 0 })
+	require.True(t, strings.HasPrefix(ta.getString(ctx, "base", vol), "<|5|>"))
 	require.Equal(t, m.sha[5], shaOf(readAllFile(t, mustPath(t, ta, baseImageName(vol)))))
 	require.EqualValues(t, 3, ta.getU64(ctx, "num-diff", vol))
 
@@ -379,15 +384,6 @@ func TestFullSyncClientErrors(t *testing.T) {
 }
 
 func u64s(g uint64) string { return strconv.FormatUint(g, 10) }
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
 
 func mustPath(t *testing.T, ta *tcpArchive, name string) string {
 	p, err := ta.s.Engine().Config().Images.Path(name)

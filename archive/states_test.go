@@ -167,6 +167,7 @@ func TestCommandStateTable(t *testing.T) {
 	ctx := testCtx(t)
 	for _, cmd := range sortedCommands() {
 		t.Run(string(cmd), func(t *testing.T) {
+			t.Parallel()
 			tv := newTableVol(t)
 			for _, st := range Table.States() {
 				leave := tv.enter(t, st)
@@ -196,6 +197,7 @@ func TestCommandActionTable(t *testing.T) {
 	ctx := testCtx(t)
 	for _, cmd := range sortedCommands() {
 		t.Run(string(cmd), func(t *testing.T) {
+			t.Parallel()
 			tv := newTableVol(t)
 			row := specTable[cmd]
 			for _, action := range specAll {

@@ -91,6 +91,12 @@ func (e *Engine) BeginWdiffRecv(ctx context.Context, vol string, h WdiffHeader) 
 	if size > h.SizeLB {
 		e.logv(vol).Warn("base image larger than the source volume", "baseLb", size, "sourceLb", h.SizeLB)
 	}
+	// The relation is checked before the transaction, so that refusals do
+	// not log state changes, and again inside it, where no other transfer
+	// can add a diff.
+	if err := e.relationReply(v, h.Diff); err != nil {
+		return nil, err
+	}
 	tx, err := e.vols.Begin(ctx, vol, StateWdiffRecv, guard(CmdWdiffTransfer))
 	if err != nil {
 		if err2 := e.wdiffStateReply(vol); err2 != nil {
@@ -98,23 +104,28 @@ func (e *Engine) BeginWdiffRecv(ctx context.Context, vol string, h WdiffHeader) 
 		}
 		return nil, err
 	}
-	// The relation is checked inside the transaction: no other transfer
-	// can add a diff from here on.
-	latest := v.diffs.LatestSnap(v.getBase())
-	switch rel := meta.RelationOf(latest, h.Diff); rel {
-	case meta.Applicable:
-	case meta.TooOld:
+	if err := e.relationReply(v, h.Diff); err != nil {
 		tx.Rollback()
-		return nil, errorf(ErrTooOldDiff, "volume %s: latest %s, diff %s", vol, latest, h.Diff)
-	case meta.TooNew:
-		tx.Rollback()
-		return nil, errorf(ErrTooNewDiff, "volume %s: latest %s, diff %s", vol, latest, h.Diff)
-	default:
-		tx.Rollback()
-		return nil, errorf(ErrNotApplicableDiff, "volume %s: latest %s, diff %s", vol, latest, h.Diff)
+		return nil, err
 	}
 	actx, done := v.actionContext(ctx)
 	return &WdiffRecv{e: e, v: v, tx: tx, h: h, ctx: actx, done: done}, nil
+}
+
+// relationReply checks d against the latest snapshot of v: nil when it
+// applies, else the too-old / too-new / not-applicable reply.
+func (e *Engine) relationReply(v *volume, d meta.Diff) error {
+	latest := v.diffs.LatestSnap(v.getBase())
+	switch meta.RelationOf(latest, d) {
+	case meta.Applicable:
+		return nil
+	case meta.TooOld:
+		return errorf(ErrTooOldDiff, "volume %s: latest %s, diff %s", v.name, latest, d)
+	case meta.TooNew:
+		return errorf(ErrTooNewDiff, "volume %s: latest %s, diff %s", v.name, latest, d)
+	default:
+		return errorf(ErrNotApplicableDiff, "volume %s: latest %s, diff %s", v.name, latest, d)
+	}
 }
 
 // wdiffStateReply maps a state that refuses transfers to its reply.
