@@ -132,18 +132,22 @@ func (s *Storage) FullBackup(ctx context.Context, vol string, opt FullBackupOpti
 }
 
 // becomeTarget moves a volume that finished a backup from Stopped to
-// Target, keeping the monitoring the backup started. If that fails the
-// volume is left Stopped (persisted) and not monitored.
+// Target, keeping the monitoring the backup started. If another command
+// took the volume meanwhile, monitoring stops and that command's state
+// stands; if Target cannot be persisted, the volume is left Stopped
+// (persisted) and not monitored.
 func (s *Storage) becomeTarget(ctx context.Context, v *volume) error {
 	tx, err := s.states.Begin(ctx, v.name, StateStartTarget, server.Guard{States: []string{StateStopped}})
+	if err != nil {
+		s.stopMonitoring(v)
+		return err
+	}
+	defer tx.Rollback()
+	v.mu.Lock()
+	err = v.saveState(StateTarget)
+	v.mu.Unlock()
 	if err == nil {
-		v.mu.Lock()
-		err = v.saveState(StateTarget)
-		v.mu.Unlock()
-		if err == nil {
-			return tx.Commit(StateTarget)
-		}
-		tx.Rollback()
+		return tx.Commit(StateTarget)
 	}
 	s.stopMonitoring(v)
 	v.mu.Lock()

@@ -317,9 +317,10 @@ func redo(t testing.TB, img []byte, tr transferRec) {
 // chainState is the receiving side's view of a sequence of transfers.
 type chainState struct {
 	lsid, gid uint64
-	// boundaries reached: lsid -> gid, so a resend after a lost ACK can be
-	// recognized as starting at a point already reached.
-	seen map[uint64]uint64
+	// boundaries reached, (lsid, gid), so a resend after a lost ACK can be
+	// recognized as starting at a point already reached. Several gids may
+	// share an lsid (an explicit snapshot with no new log).
+	seen map[[2]uint64]bool
 }
 
 // checkChain verifies that transfers (in commit order) form one chain from
@@ -330,7 +331,7 @@ type chainState struct {
 func checkChain(t testing.TB, base []byte, lsid0, gid0 uint64, trs []transferRec, resendOK func(i int) bool) ([]byte, map[uint64]uint64) {
 	t.Helper()
 	img := append([]byte(nil), base...)
-	st := chainState{lsid: lsid0, gid: gid0, seen: map[uint64]uint64{lsid0: gid0}}
+	st := chainState{lsid: lsid0, gid: gid0, seen: map[[2]uint64]bool{{lsid0, gid0}: true}}
 	gidLsid := map[uint64]uint64{gid0: lsid0}
 	for i, tr := range trs {
 		d := tr.Diff
@@ -340,8 +341,7 @@ func checkChain(t testing.TB, base []byte, lsid0, gid0 uint64, trs []transferRec
 		if tr.BeginLsid == st.lsid && d.SnapB.GidB == st.gid {
 			// continues the chain
 		} else {
-			g, ok := st.seen[tr.BeginLsid]
-			require.True(t, ok && g == d.SnapB.GidB, "transfer %d (%s [%d,%d)) does not start at a reached point; chain at lsid %d gid %d",
+			require.True(t, st.seen[[2]uint64{tr.BeginLsid, d.SnapB.GidB}], "transfer %d (%s [%d,%d)) does not start at a reached point; chain at lsid %d gid %d",
 				i, d, tr.BeginLsid, tr.EndLsid, st.lsid, st.gid)
 			require.True(t, resendOK(i), "transfer %d (%s) resends lsid %d without a lost ACK or restart before it", i, d, tr.BeginLsid)
 			if d.SnapE.GidB <= st.gid {
@@ -353,7 +353,7 @@ func checkChain(t testing.TB, base []byte, lsid0, gid0 uint64, trs []transferRec
 		require.GreaterOrEqual(t, tr.EndLsid, st.lsid, "transfer %d", i)
 		redo(t, img, tr)
 		st.lsid, st.gid = tr.EndLsid, d.SnapE.GidB
-		st.seen[st.lsid] = st.gid
+		st.seen[[2]uint64{st.lsid, st.gid}] = true
 		gidLsid[st.gid] = st.lsid
 	}
 	return img, gidLsid

@@ -82,9 +82,10 @@ func (s *Storage) monitorLoop(ctx context.Context) {
 // noRerun is the "nothing more to do" result of a task step.
 const noRerun time.Duration = -1
 
-// runTask is the volume's task: discard logs on a Standby, send them on a
-// Target (or during a backup).
-func (s *Storage) runTask(ctx context.Context, vol string) error {
+// RunTask runs the task of volume vol: discard logs on a Standby, send
+// them on a Target (or during a backup). The task queue calls it; a task
+// that has more to do queues itself again.
+func (s *Storage) RunTask(ctx context.Context, vol string) error {
 	s.mu.Lock()
 	v := s.vols[vol]
 	s.mu.Unlock()
@@ -118,7 +119,9 @@ func (s *Storage) runTask(ctx context.Context, vol string) error {
 func (s *Storage) removeWlogs(ctx context.Context, v *volume) (time.Duration, error) {
 	end, err := s.states.StartAction(v.name, ActionWlogRemove, server.Guard{States: []string{StateStandby}, NotStopping: true})
 	if err != nil {
-		return noRerun, nil // stopping or changing state: the stop takes over
+		// A stop is waiting for the volume to be idle: look again later,
+		// in case it gives up (a successful stop ends the monitoring).
+		return garbageDelay, nil
 	}
 	defer end()
 	dev, err := s.device(ctx, v)
@@ -166,7 +169,8 @@ func (s *Storage) sendTask(ctx context.Context, v *volume) (time.Duration, error
 	end, err := s.states.StartAction(v.name, ActionWlogSend, server.Guard{States: sendStates, NotStopping: true})
 	if err != nil {
 		if errors.Is(err, server.ErrStopping) {
-			return noRerun, nil
+			// As in removeWlogs: retry in case the stop gives up.
+			return garbageDelay, nil
 		}
 		return monitorDelay, nil
 	}

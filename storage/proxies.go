@@ -45,9 +45,9 @@ type proxyList struct {
 	now    func() time.Time
 	hb     heartbeat
 
-	mu    sync.Mutex
-	list  []proxyInfo
-	wake  chan struct{} // a check is wanted at once (kick)
+	mu   sync.Mutex
+	list []proxyInfo
+	wake chan struct{} // a check is wanted at once (kick)
 }
 
 func newProxyList(addrs []string, client ProxyClient, log *slog.Logger, now func() time.Time, hb heartbeat) *proxyList {

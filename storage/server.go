@@ -72,6 +72,7 @@ func NewServer(scfg server.Config, cfg Config) (*Server, error) {
 	if cfg.Foreground == nil {
 		cfg.Foreground = srv.Foreground
 	}
+	cfg.Tasks = srv.Tasks()
 	st, err := New(cfg)
 	if err != nil {
 		return nil, err
@@ -114,6 +115,9 @@ func (s *Server) Recover(ctx context.Context) error {
 	s.srv.Go("storage", func(ctx context.Context) { s.st.Run(ctx) })
 	return nil
 }
+
+// RunTask runs a volume's extraction task (server.TaskRunner).
+func (s *Server) RunTask(ctx context.Context, key string) error { return s.st.RunTask(ctx, key) }
 
 // Close releases the volumes (io.Closer; called by Run at the end).
 func (s *Server) Close() error { return s.st.Close() }

@@ -142,10 +142,17 @@ func (s *Storage) Status(ctx context.Context) []string {
 		"-----Proxy-----",
 	}
 	v = append(v, s.proxies.status()...)
-	v = append(v, "-----TaskQueue-----")
-	for _, t := range s.tasks.Tasks() {
-		v = append(v, t.String())
+	if s.ownTasks { // otherwise the queue's owner reports it
+		v = append(v, "-----TaskQueue-----")
+		for _, t := range s.tasks.Tasks() {
+			v = append(v, t.String())
+		}
 	}
+	s.tsd.mu.Lock()
+	if !s.tsd.at.IsZero() {
+		v = append(v, "tsDeltaGatheredAt "+meta.FormatPrettyTime(s.tsd.at))
+	}
+	s.tsd.mu.Unlock()
 	v = append(v, "-----Volume-----")
 	for _, vol := range s.VolumeNames() {
 		v = append(v, s.volumeLine(ctx, vol))

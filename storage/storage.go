@@ -73,6 +73,10 @@ type Config struct {
 	// age old is asked its host type within the timeout (defaults 1 s,
 	// 10 s, 3 s).
 	HeartbeatInterval, ProxyCheckAge, HeartbeatTimeout time.Duration
+	// Tasks, if set, is the queue that runs the extraction tasks through
+	// RunTask (Server passes its framework's queue, which its Run starts
+	// and stops). If nil, the Storage runs its own queue in Run.
+	Tasks *server.TaskQueue
 	// Foreground, if set, takes a foreground slot for a backup instead of
 	// the Storage's own MaxForeground count (Server passes the network
 	// server's, so that -fg bounds backups and transfers together).
@@ -152,11 +156,12 @@ func (c Config) withDefaults() (Config, error) {
 // and an embedding program may call them directly. Run drives the
 // background work. All methods are safe for concurrent use.
 type Storage struct {
-	cfg     Config
-	log     *slog.Logger
-	states  *server.Volumes
-	tasks   *server.TaskQueue
-	proxies *proxyList
+	cfg      Config
+	log      *slog.Logger
+	states   *server.Volumes
+	tasks    *server.TaskQueue
+	ownTasks bool // tasks is the Storage's own: Run starts and stops it
+	proxies  *proxyList
 
 	mu       sync.Mutex
 	vols     map[string]*volume
@@ -188,9 +193,13 @@ func New(cfg Config) (*Storage, error) {
 		vols:     map[string]*volume{},
 		devUsers: map[string]string{},
 	}
-	s.tasks = server.NewTaskQueue(s.runTask, server.TaskOptions{
-		Workers: cfg.MaxBackground, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
-	})
+	s.tasks = cfg.Tasks
+	if s.tasks == nil {
+		s.tasks = server.NewTaskQueue(s.RunTask, server.TaskOptions{
+			Workers: cfg.MaxBackground, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
+		})
+		s.ownTasks = true
+	}
 	s.proxies = newProxyList(cfg.Proxies, cfg.ProxyClient, log, cfg.Now,
 		heartbeat{interval: cfg.HeartbeatInterval, age: cfg.ProxyCheckAge, timeout: cfg.HeartbeatTimeout})
 	s.fullScanBps.Store(cfg.FullScanBps)
@@ -260,8 +269,9 @@ func (s *Storage) loadVolume(ctx context.Context, name, dir string) error {
 }
 
 // Run runs the background work until ctx is done: the extraction tasks
-// (-bg workers), the log monitor, the proxy heartbeat and the ts-delta
-// gatherer. Canceling ctx aborts running transfers; they are resent later.
+// (-bg workers, unless Config.Tasks is someone else's queue), the log
+// monitor, the proxy heartbeat and the ts-delta gatherer. Canceling ctx
+// aborts running transfers; they are resent later.
 func (s *Storage) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("storage: Run called twice")
@@ -274,14 +284,18 @@ func (s *Storage) Run(ctx context.Context) error {
 			f(ctx)
 		}()
 	}
-	s.tasks.Start(ctx)
+	if s.ownTasks {
+		s.tasks.Start(ctx)
+	}
 	loop(s.monitorLoop)
 	loop(s.proxies.loop)
 	if g, ok := s.cfg.ArchiveClient.(LatestSnapGatherer); ok && s.cfg.Archive != "" {
 		loop(func(ctx context.Context) { s.tsDeltaLoop(ctx, g) })
 	}
 	<-ctx.Done()
-	s.tasks.Stop()
+	if s.ownTasks {
+		s.tasks.Stop()
+	}
 	wg.Wait()
 	return nil
 }
@@ -320,14 +334,12 @@ func (s *Storage) volume(vol string) (*volume, error) {
 	return v, nil
 }
 
-// device resolves the volume's device (once; it is kept).
+// device resolves the volume's device (once; it is kept). It takes only
+// the volume's device lock, so the monitor never waits for a long metadata
+// operation (a WAL reset) of another goroutine.
 func (s *Storage) device(ctx context.Context, v *volume) (Device, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return s.deviceLocked(ctx, v)
-}
-
-func (s *Storage) deviceLocked(ctx context.Context, v *volume) (Device, error) {
+	v.devMu.Lock()
+	defer v.devMu.Unlock()
 	if v.dev != nil {
 		return v.dev, nil
 	}
@@ -402,7 +414,9 @@ func (s *Storage) InitVol(ctx context.Context, vol, devPath string) error {
 		unreserve()
 		return err
 	}
+	v.devMu.Lock()
 	v.dev = dev
+	v.devMu.Unlock()
 	s.mu.Lock()
 	s.vols[vol] = v
 	s.mu.Unlock()
@@ -498,7 +512,7 @@ func (s *Storage) startLocked(ctx context.Context, v *volume, mode Mode, from, t
 	} else if st != from {
 		return errors.Wrapf(server.ErrWrongState, "state file holds %s, not %s", st, from)
 	}
-	dev, err := s.deviceLocked(ctx, v)
+	dev, err := s.device(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -595,7 +609,7 @@ func (s *Storage) ResetVol(ctx context.Context, vol string, gid uint64) error {
 }
 
 func (s *Storage) resetVolLocked(ctx context.Context, v *volume, gid uint64) error {
-	dev, err := s.deviceLocked(ctx, v)
+	dev, err := s.device(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -660,7 +674,7 @@ func (s *Storage) snapshotLocked(ctx context.Context, v *volume) (uint64, error)
 	if err := s.states.Check(v.name, server.Guard{States: CommandStates["snapshot"], NotStopping: true}); err != nil {
 		return 0, err
 	}
-	dev, err := s.deviceLocked(ctx, v)
+	dev, err := s.device(ctx, v)
 	if err != nil {
 		return 0, err
 	}

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,11 +154,18 @@ func TestStandbyDiscardsWlogs(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
 	require.NoError(t, e.st.StartVol(ctx, "v", Standby))
-	// Twice the ring: the standby must release the log as it goes.
-	for i := range 128 {
-		_, err := dev.WriteAt(bytes.Repeat([]byte{byte(i)}, 16<<10), int64(i%16)*(16<<10))
-		require.NoError(t, err)
-		time.Sleep(5 * time.Millisecond)
+	// Twice the ring, in rounds of a quarter of it: each round waits until
+	// the standby has released the log of the round before, so it must
+	// release the log as it goes.
+	ring := dev.LogCapacity() * 512
+	for round := range 8 {
+		start := dev.Lsids().Latest
+		for i := range int(ring / 4 / (16 << 10)) {
+			_, err := dev.WriteAt(bytes.Repeat([]byte{byte(round)}, 16<<10), int64(i%16)*(16<<10))
+			require.NoError(t, err)
+		}
+		require.NoError(t, dev.Flush())
+		waitFor(t, fmt.Sprintf("round %d released", round), 10*time.Second, func() bool { return dev.Lsids().Oldest >= start })
 	}
 	require.False(t, dev.IsLogOverflow())
 	require.NoError(t, dev.Flush())

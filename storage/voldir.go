@@ -41,7 +41,8 @@ type volume struct {
 
 	mu      sync.Mutex
 	devPath string
-	dev     Device // resolved lazily; nil until then
+	devMu   sync.Mutex // guards dev; taken after mu when both are
+	dev     Device     // resolved lazily; nil until then
 	queue   *meta.Queue
 	done    meta.LsidGid
 	uuid    meta.UUID

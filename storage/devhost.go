@@ -1,0 +1,296 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/pkg/errors"
+
+	"github.com/walb-go/walb/devhost"
+	"github.com/walb-go/walb/nbd"
+	"github.com/walb-go/walb/walb"
+	"github.com/walb-go/walb/wlog"
+)
+
+// DevhostDevices resolves a volume's device path as the name of a device
+// of a walb-dev daemon (package devhost), controlled through a
+// devhost.Controller (devhost.NewClient(socket) for the daemon, or a
+// *devhost.Host in the same process) and read through its NBD export.
+//
+// The control interface gives the lsids one by one and has no latest or
+// prev_written, so a device's Lsids reports latest as completed (every
+// acknowledged write is below it, which is what a snapshot needs) and
+// prev_written as written; when releasing the log up to written is refused
+// because the last checkpoint is older, the release takes a checkpoint and
+// tries again. The uuid and salt come from the header of an empty log
+// extraction.
+type DevhostDevices struct {
+	Ctl devhost.Controller
+
+	mu   sync.Mutex
+	devs map[string]*devhostDevice
+}
+
+// NewDevhostDevices returns a resolver over ctl.
+func NewDevhostDevices(ctl devhost.Controller) *DevhostDevices {
+	return &DevhostDevices{Ctl: ctl, devs: map[string]*devhostDevice{}}
+}
+
+// Resolve implements DeviceResolver: the device must exist and run.
+func (d *DevhostDevices) Resolve(ctx context.Context, name string) (Device, error) {
+	if _, err := devhostInfo(ctx, d.Ctl, name); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dev, ok := d.devs[name]; ok {
+		return dev, nil
+	}
+	dev := &devhostDevice{ctl: d.Ctl, name: name}
+	d.devs[name] = dev
+	return dev, nil
+}
+
+// Close closes the NBD connections opened for full backups.
+func (d *DevhostDevices) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var first error
+	for _, dev := range d.devs {
+		if err := dev.closeNBD(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func devhostInfo(ctx context.Context, ctl devhost.Controller, name string) (devhost.DeviceInfo, error) {
+	list, err := ctl.List(ctx)
+	if err != nil {
+		return devhost.DeviceInfo{}, errors.WithMessage(err, "storage: list devices")
+	}
+	for _, di := range list {
+		if di.Name != name {
+			continue
+		}
+		if di.State != devhost.StateRunning {
+			return di, errors.Wrapf(ErrNoDevice, "device %s is %s: %s", name, di.State, di.Error)
+		}
+		return di, nil
+	}
+	return devhost.DeviceInfo{}, errors.Wrapf(ErrNoDevice, "no device %q on the device host", name)
+}
+
+type devhostDevice struct {
+	ctl  devhost.Controller
+	name string
+
+	mu  sync.Mutex
+	nbd *nbd.Client
+}
+
+// Lsids implements Device. The indicators are read from the smallest to
+// the largest, so that each read comes later than the one before and the
+// order oldest <= written <= permanent <= completed holds.
+func (d *devhostDevice) Lsids(ctx context.Context) (walb.Lsids, error) {
+	var l walb.Lsids
+	var err error
+	if l.Oldest, err = d.ctl.OldestLsid(ctx, d.name); err != nil {
+		return l, err
+	}
+	if l.Written, err = d.ctl.WrittenLsid(ctx, d.name); err != nil {
+		return l, err
+	}
+	if l.Permanent, err = d.ctl.PermanentLsid(ctx, d.name); err != nil {
+		return l, err
+	}
+	if l.Completed, err = d.ctl.CompletedLsid(ctx, d.name); err != nil {
+		return l, err
+	}
+	l.PrevWritten, l.Flush, l.Latest = l.Written, l.Permanent, l.Completed
+	return l, nil
+}
+
+// SetOldestLsid implements Device; see DevhostDevices for the retry.
+func (d *devhostDevice) SetOldestLsid(ctx context.Context, lsid uint64) error {
+	err := d.ctl.SetOldestLsid(ctx, d.name, lsid)
+	if !errors.Is(err, devhost.ErrInvalid) {
+		return err
+	}
+	if err := d.ctl.TakeCheckpoint(ctx, d.name); err != nil {
+		return err
+	}
+	return d.ctl.SetOldestLsid(ctx, d.name, lsid)
+}
+
+// IsLogOverflow implements Device.
+func (d *devhostDevice) IsLogOverflow(ctx context.Context) (bool, error) {
+	return d.ctl.IsLogOverflow(ctx, d.name)
+}
+
+// Info implements Device.
+func (d *devhostDevice) Info(ctx context.Context) (DeviceInfo, error) {
+	di, err := devhostInfo(ctx, d.ctl, d.name)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	capPB, err := d.ctl.LogCapacity(ctx, d.name)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	h, err := d.logHeader(ctx)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	return DeviceInfo{UUID: h.UUID, Salt: h.Salt, PBS: h.PBS, SizeLB: di.SizeLB, LogCapacityPB: capPB}, nil
+}
+
+// logHeader extracts an empty range of the log for its wlog header, which
+// carries the log's uuid, salt and block size.
+func (d *devhostDevice) logHeader(ctx context.Context) (wlog.FileHeader, error) {
+	var last error
+	for range 3 {
+		oldest, err := d.ctl.OldestLsid(ctx, d.name)
+		if err != nil {
+			return wlog.FileHeader{}, err
+		}
+		var b bytes.Buffer
+		if _, err := d.ctl.CatLog(ctx, d.name, oldest, oldest, &b); err != nil {
+			last = err // the oldest lsid moved meanwhile
+			continue
+		}
+		return wlog.ParseFileHeader(b.Bytes())
+	}
+	return wlog.FileHeader{}, errors.WithMessagef(last, "storage: read the log header of %s", d.name)
+}
+
+// NewPackReader implements Device with an extraction streamed through a
+// pipe.
+func (d *devhostDevice) NewPackReader(ctx context.Context, begin, end uint64) (PackReader, error) {
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := d.ctl.CatLog(cctx, d.name, begin, end, pw)
+		pw.CloseWithError(err)
+	}()
+	r := &pipePackReader{cancel: cancel, pr: pr, done: done}
+	rd, err := wlog.NewReader(pr)
+	if err != nil {
+		r.Close()
+		return nil, errors.WithMessagef(err, "storage: extract the log of %s", d.name)
+	}
+	r.r = rd
+	return r, nil
+}
+
+type pipePackReader struct {
+	cancel context.CancelFunc
+	pr     *io.PipeReader
+	done   chan struct{}
+	r      *wlog.Reader
+	buf    []byte
+}
+
+func (p *pipePackReader) Next(ctx context.Context) (*wlog.PackHeader, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	h, err := p.r.NextPack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if p.buf, err = p.r.ReadPackData(p.buf); err != nil {
+		return nil, nil, err
+	}
+	return h, p.buf, nil
+}
+
+func (p *pipePackReader) Close() error {
+	p.cancel()
+	p.pr.Close()
+	<-p.done
+	return nil
+}
+
+// ReadAt implements Device through the device's NBD export.
+func (d *devhostDevice) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	c, err := d.nbdClient(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.ReadAt(p, off)
+	if err != nil {
+		d.closeNBD()
+	}
+	return n, err
+}
+
+func (d *devhostDevice) nbdClient(ctx context.Context) (*nbd.Client, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nbd != nil {
+		return d.nbd, nil
+	}
+	di, err := devhostInfo(ctx, d.ctl, d.name)
+	if err != nil {
+		return nil, err
+	}
+	network, addr, export, err := parseNBDURI(di.URI)
+	if err != nil {
+		return nil, err
+	}
+	c, err := nbd.Dial(ctx, network, addr, nbd.ClientOptions{Export: export})
+	if err != nil {
+		return nil, errors.WithMessagef(err, "storage: open the NBD export of %s", d.name)
+	}
+	d.nbd = c
+	return c, nil
+}
+
+func (d *devhostDevice) closeNBD() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nbd == nil {
+		return nil
+	}
+	err := d.nbd.Close()
+	d.nbd = nil
+	return err
+}
+
+// parseNBDURI parses nbd://HOST:PORT/EXPORT and
+// nbd+unix:///EXPORT?socket=PATH (TLS exports are not supported here).
+func parseNBDURI(s string) (network, addr, export string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", "", errors.Wrapf(ErrNoDevice, "NBD URI %q: %v", s, err)
+	}
+	export = strings.TrimPrefix(u.Path, "/")
+	switch u.Scheme {
+	case "nbd":
+		return "tcp", u.Host, export, nil
+	case "nbd+unix":
+		if sock := u.Query().Get("socket"); sock != "" {
+			return "unix", sock, export, nil
+		}
+	}
+	return "", "", "", errors.Wrapf(ErrNoDevice, "NBD URI %q: want nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH", s)
+}
+
+// ResetWAL implements Device.
+func (d *devhostDevice) ResetWAL(ctx context.Context) error { return d.ctl.ResetWAL(ctx, d.name) }
+
+// Resize implements Device. The NBD connection is reopened so that reads
+// see the new size.
+func (d *devhostDevice) Resize(ctx context.Context, sizeLB uint64) error {
+	if err := d.ctl.Resize(ctx, d.name, sizeLB); err != nil {
+		return err
+	}
+	return d.closeNBD()
+}
