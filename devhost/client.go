@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pkg/errors"
+
+	"github.com/walb-go/walb/walb"
 )
 
 // Client is a Controller for the devices of a walb-dev daemon: it sends
@@ -189,6 +191,32 @@ func (c *Client) PermanentLsid(ctx context.Context, name string) (uint64, error)
 // CompletedLsid implements Controller.
 func (c *Client) CompletedLsid(ctx context.Context, name string) (uint64, error) {
 	return c.value(ctx, "get-completed-lsid", name)
+}
+
+// Lsids implements Controller. A daemon older than this client answers
+// ErrBadRequest (unknown operation).
+func (c *Client) Lsids(ctx context.Context, name string) (walb.Lsids, error) {
+	resp, err := c.call(ctx, Request{Op: "get-lsids", Name: name})
+	if err != nil {
+		return walb.Lsids{}, err
+	}
+	if resp.Lsids == nil {
+		return walb.Lsids{}, errors.Wrap(ErrProtocol, "get-lsids: answer without lsids")
+	}
+	return resp.Lsids.Lsids(), nil
+}
+
+// Info implements Controller. A daemon older than this client answers
+// ErrBadRequest (unknown operation).
+func (c *Client) Info(ctx context.Context, name string) (DeviceStatus, error) {
+	resp, err := c.call(ctx, Request{Op: "info", Name: name})
+	if err != nil {
+		return DeviceStatus{}, err
+	}
+	if resp.Info == nil {
+		return DeviceStatus{}, errors.Wrap(ErrProtocol, "info: answer without info")
+	}
+	return *resp.Info, nil
 }
 
 // SetOldestLsid implements Controller.

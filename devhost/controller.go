@@ -1,14 +1,18 @@
 package devhost
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"strings"
 	"time"
 
 	"github.com/pkg/errors"
 
+	"github.com/walb-go/walb/walb"
 	"github.com/walb-go/walb/walb/kernel"
+	"github.com/walb-go/walb/wlog"
 )
 
 // Controller is the control interface of walb devices, one method per wdevc
@@ -34,9 +38,19 @@ type Controller interface {
 	WrittenLsid(ctx context.Context, name string) (uint64, error)   // get-written-lsid
 	PermanentLsid(ctx context.Context, name string) (uint64, error) // get-permanent-lsid
 	CompletedLsid(ctx context.Context, name string) (uint64, error) // get-completed-lsid
+	// Lsids returns every lsid indicator of the device at once (get-lsids),
+	// latest and prev_written included, which have no command of their
+	// own. Userspace devices take the values under one lock, kernel devices
+	// from one read of the sysfs attribute walb/lsids, so they are mutually
+	// consistent, which a series of the single getters is not.
+	Lsids(ctx context.Context, name string) (walb.Lsids, error)
+	// Info returns the identity, geometry and flags of a running device
+	// (info): what a backup needs to know of its log besides the lsids.
+	Info(ctx context.Context, name string) (DeviceStatus, error)
 	// SetOldestLsid releases the log below lsid (set-oldest-lsid). lsid must
-	// be the written lsid of the last checkpoint, or the lsid of a logpack
-	// between the oldest lsid and it.
+	// be the written lsid of the last checkpoint (Lsids' PrevWritten), or
+	// the lsid of a logpack between the oldest lsid and it; anything else
+	// is ErrInvalid (userspace) or ErrFailed (the driver only says EFAULT).
 	SetOldestLsid(ctx context.Context, name string, lsid uint64) error
 
 	// Freeze stops write processing (freeze); a positive timeout melts the
@@ -118,6 +132,63 @@ type DeviceInfo struct {
 	Minor uint32 `json:"minor,omitempty"`
 	// Path is the device node of a kernel device, /dev/walb/NAME.
 	Path string `json:"path,omitempty"`
+}
+
+// DeviceStatus is what Info reports of a running device: the identity of
+// its log (uuid and salt, which change at every reset-wal), its geometry
+// and its flags. On the wire it is a JSON object with the keys of the
+// struct tags; the uuid is 32 lowercase hex digits.
+type DeviceStatus struct {
+	Name string    `json:"name"`
+	UUID wlog.UUID `json:"-"`
+	// Salt seeds the checksums of the log's packs and IO data.
+	Salt uint32 `json:"salt"`
+	// PBS is the log's physical block size in bytes.
+	PBS uint32 `json:"pbs"`
+	// SizeLB is the device size in logical blocks (512 bytes).
+	SizeLB uint64 `json:"size_lb"`
+	// LogCapacityPB is the size of the log's ring buffer in physical
+	// blocks (get-log-capacity).
+	LogCapacityPB uint64 `json:"log_capacity_pb"`
+	// Overflow reports that the log ring overwrote packs not yet released
+	// (is-log-overflow); Frozen that write processing is stopped
+	// (is-frozen).
+	Overflow bool `json:"overflow"`
+	Frozen   bool `json:"frozen"`
+}
+
+// deviceStatusFields is DeviceStatus without its methods, for the JSON
+// codec.
+type deviceStatusFields DeviceStatus
+
+// deviceStatusJSON is the wire form: the uuid as hex text rather than an
+// array of 16 numbers.
+type deviceStatusJSON struct {
+	deviceStatusFields
+	UUID string `json:"uuid"`
+}
+
+// MarshalJSON encodes s with its uuid as hex text.
+func (s DeviceStatus) MarshalJSON() ([]byte, error) {
+	return json.Marshal(deviceStatusJSON{deviceStatusFields: deviceStatusFields(s), UUID: s.UUID.String()})
+}
+
+// UnmarshalJSON decodes the wire form strictly: unknown keys and a uuid
+// that is not 32 hex digits are errors, as everywhere in the protocol.
+func (s *DeviceStatus) UnmarshalJSON(b []byte) error {
+	var w deviceStatusJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return err
+	}
+	u, err := wlog.ParseUUID(w.UUID)
+	if err != nil {
+		return errors.Wrapf(ErrProtocol, "device status: uuid %q", w.UUID)
+	}
+	*s = DeviceStatus(w.deviceStatusFields)
+	s.UUID = u
+	return nil
 }
 
 // Device states reported in DeviceInfo.State.

@@ -102,6 +102,8 @@
 //	get-written-lsid         name                        value
 //	get-permanent-lsid       name                        value
 //	get-completed-lsid       name                        value
+//	get-lsids                name                        lsids
+//	info                     name                        info
 //	set-oldest-lsid          name, lsid                  -
 //	freeze                   name [timeout_ms]           -
 //	melt                     name                        -
@@ -124,12 +126,30 @@
 //	-> {"v":1,"op":"reset-wal","name":"vol0"}
 //	<- {"v":1,"ok":false,"code":"state","error":"device vol0 is frozen: melt it before reset-wal: devhost: wrong device state"}
 //
+// get-lsids answers every indicator at once, under the names of the
+// driver's sysfs attribute walb/lsids; info answers the log's identity,
+// the geometry and the flags of a running device (DeviceStatus), the uuid
+// in hex:
+//
+//	-> {"v":1,"op":"get-lsids","name":"vol0"}
+//	<- {"v":1,"ok":true,"lsids":{"latest":2058,"completed":2058,"flush":2058,"permanent":2058,"written":2050,"prev_written":1024,"oldest":0}}
+//	-> {"v":1,"op":"info","name":"vol0"}
+//	<- {"v":1,"ok":true,"info":{"name":"vol0","salt":3735928559,"pbs":512,"size_lb":8192,"log_capacity_pb":32758,"overflow":false,"frozen":false,"uuid":"5f0e8b7c2a9d4e31b6c07a1d9e2f3b4c"}}
+//
 // cat-log answers {"v":1,"ok":true,"stream":true}, then the wlog file in
 // frames (a 4-byte big-endian length of 1 to 1 MiB, then that many bytes),
 // a frame of length 0, and a trailer response: {"v":1,"ok":true,"value":E}
 // with the real end lsid, or an error if the extraction failed midway. An
 // extraction that fails before its first byte is answered with a plain
 // error instead of the stream. Lsids left out mean [oldest, permanent).
+//
+// The version changes only when an existing operation changes: its
+// fields, its answer or its meaning. Both sides decode strictly (unknown
+// keys are errors), so an answer never gains keys within a version; new
+// data comes as new operations, which need no new version since a client
+// only receives the answers of the operations it knows. A daemon older
+// than its client answers a newer operation with "bad-request" (unknown
+// operation). get-lsids and info were added to version 1 this way.
 //
 // Error codes and their sentinels (errors.Is works on both sides of the
 // socket):
@@ -157,8 +177,8 @@
 // it, so that the writes waiting on it finish before the export goes);
 // a shutdown melts every device for the same reason; resize only grows, and NBD clients
 // see the new size when they reconnect; set-oldest-lsid takes the written
-// lsid of the last checkpoint, or a logpack lsid between the oldest lsid and
-// it. Userspace devices always accept flushes, ignore the kernel-only
+// lsid of the last checkpoint (prev_written in get-lsids), or a logpack lsid
+// between the oldest lsid and it (formats.md §5.3). Userspace devices always accept flushes, ignore the kernel-only
 // tuning options (-qp, -bp, -bi), and take walb.Options' defaults (not the
 // driver's) for options left out.
 //
@@ -167,7 +187,10 @@
 // KernelController implements the same interface for devices of the WalB
 // kernel driver with the ioctls of package walb/kernel (/dev/walb/control,
 // /dev/walb/NAME), and cat-log reads the log node /dev/walb/LNAME, clipped
-// to the permanent lsid. The driver only builds for Linux kernels up to the
+// to the permanent lsid. get-lsids reads the sysfs attribute
+// /sys/block/walb!NAME/walb/lsids, the only source of latest and
+// prev_written; info takes the size from /sys/block/walb!NAME/size and
+// the uuid, salt and block size from the super sector of /dev/walb/LNAME. The driver only builds for Linux kernels up to the
 // 4.x series, so this path is exercised here only against a fake ioctl (the
 // walb/kernel IoctlFunc seam) and cannot be run on this machine. wdevc uses
 // it with -kernel, or by itself when /dev/walb/control exists and the

@@ -431,8 +431,9 @@ func (h *Host) List(ctx context.Context) ([]DeviceInfo, error) {
 	return out, nil
 }
 
-// Info returns the description of one device.
-func (h *Host) Info(ctx context.Context, name string) (DeviceInfo, error) {
+// Describe returns the description of one device, as List reports it;
+// unlike Info it also answers for a device that is not open.
+func (h *Host) Describe(ctx context.Context, name string) (DeviceInfo, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	hd := h.devs[name]
@@ -526,11 +527,31 @@ func (h *Host) CompletedLsid(ctx context.Context, name string) (uint64, error) {
 	return h.lsid(name, func(l walb.Lsids) uint64 { return l.Completed })
 }
 
-// Lsids returns every lsid of the device at once.
+// Lsids implements Controller: the device's lsids, taken under its lock.
 func (h *Host) Lsids(ctx context.Context, name string) (walb.Lsids, error) {
 	var l walb.Lsids
 	err := h.with(name, func(d *walb.Device) error { l = d.Lsids(); return nil })
 	return l, err
+}
+
+// Info implements Controller. A device that failed (an I/O error on its
+// log or data device) is reported as an error, not described: its log can
+// no longer be trusted.
+func (h *Host) Info(ctx context.Context, name string) (DeviceStatus, error) {
+	var s DeviceStatus
+	err := h.with(name, func(d *walb.Device) error {
+		if err := d.Err(); err != nil {
+			return errors.WithMessagef(err, "device %s failed", name)
+		}
+		// One copy of the super sector, so that the uuid and the salt
+		// belong to the same log even if reset-wal runs meanwhile.
+		sup := d.Super()
+		s = DeviceStatus{Name: name, UUID: sup.UUID, Salt: sup.Salt, PBS: sup.PBS,
+			SizeLB: uint64(d.Size()) / walb.LBS, LogCapacityPB: sup.RingBufferSize,
+			Overflow: d.IsLogOverflow(), Frozen: d.IsFrozen()}
+		return nil
+	})
+	return s, err
 }
 
 // SetOldestLsid implements Controller.

@@ -61,7 +61,7 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	const ddevSize = 8 << 20
 	ldev, ddev := deviceFiles(t, dir, "vol0", 4<<20, ddevSize)
 	// Format for half the data device, so that resize can grow it.
-	_, err := walb.FormatLogDevice(ldev, ddev, walb.FormatOptions{Name: "vol0", DeviceSize: ddevSize / 512 / 2})
+	super, err := walb.FormatLogDevice(ldev, ddev, walb.FormatOptions{Name: "vol0", DeviceSize: ddevSize / 512 / 2})
 	require.NoError(t, err)
 
 	// create-wdev takes the name from the super sector when none is given.
@@ -133,6 +133,26 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	require.NoError(t, err)
 	require.True(t, fc)
 
+	// get-lsids: the same values as the single getters on an idle device,
+	// in the order of formats.md §5.2, with latest and prev_written besides.
+	l, err := ctl.Lsids(ctx, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, oldest, l.Oldest)
+	require.Equal(t, permanent, l.Permanent)
+	require.Equal(t, completed, l.Completed)
+	require.Equal(t, permanent, l.Latest, "nothing is in flight after the flush")
+	require.Equal(t, permanent, l.Flush)
+	require.GreaterOrEqual(t, l.Written, written, "written only grows")
+	require.LessOrEqual(t, l.Written, l.Permanent)
+	require.LessOrEqual(t, l.PrevWritten, l.Written)
+	require.Equal(t, usage, l.Latest-l.Oldest, "log usage is latest - oldest")
+
+	// info: the log's identity as formatted, the geometry, the flags.
+	st, err := ctl.Info(ctx, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, DeviceStatus{Name: "vol0", UUID: super.UUID, Salt: super.Salt, PBS: 512,
+		SizeLB: ddevSize / 512 / 2, LogCapacityPB: capacity}, st)
+
 	// cat-log [oldest, permanent) redone on zeros is the device.
 	var wl bytes.Buffer
 	end, err := ctl.CatLog(ctx, "vol0", AutoLsid, AutoLsid, &wl)
@@ -145,12 +165,16 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	require.NoError(t, err)
 	require.Greater(t, end, uint64(1))
 	require.LessOrEqual(t, end, permanent)
-	// An empty range is a wlog without packs.
+	// An empty range is a wlog without packs, whose header carries the
+	// identity info reports.
 	wl.Reset()
 	end, err = ctl.CatLog(ctx, "vol0", permanent, permanent, &wl)
 	require.NoError(t, err)
 	require.Equal(t, permanent, end)
 	requireZero(t, redoOnZero(t, wl.Bytes(), c.Size()))
+	hdr, err := wlog.ParseFileHeader(wl.Bytes())
+	require.NoError(t, err)
+	require.Equal(t, []any{st.UUID, st.Salt, st.PBS}, []any{hdr.UUID, hdr.Salt, hdr.PBS})
 	_, err = ctl.CatLog(ctx, "vol0", 10, 5, io.Discard)
 	require.ErrorIs(t, err, ErrInvalid)
 
@@ -164,15 +188,18 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	require.Equal(t, 5*time.Second, iv)
 	require.ErrorIs(t, ctl.SetCheckpointInterval(ctx, "vol0", 25*time.Hour), ErrInvalid)
 
-	// set-oldest-lsid: only the checkpointed written lsid or a pack lsid
-	// below it.
+	// set-oldest-lsid: only the checkpointed written lsid (prev_written)
+	// or a pack lsid below it.
 	require.ErrorIs(t, ctl.SetOldestLsid(ctx, "vol0", 5), ErrInvalid)
+	l, err = ctl.Lsids(ctx, "vol0")
+	require.NoError(t, err)
+	require.ErrorIs(t, ctl.SetOldestLsid(ctx, "vol0", l.PrevWritten+1), ErrInvalid, "above prev_written")
 	require.Eventually(t, func() bool {
 		require.NoError(t, ctl.TakeCheckpoint(ctx, "vol0"))
-		w, err := ctl.WrittenLsid(ctx, "vol0")
+		l, err := ctl.Lsids(ctx, "vol0")
 		require.NoError(t, err)
-		return w == permanent
-	}, time.Minute, 10*time.Millisecond)
+		return l.Written == permanent && l.PrevWritten == permanent
+	}, time.Minute, 10*time.Millisecond, "a checkpoint makes written prev_written")
 	require.NoError(t, ctl.SetOldestLsid(ctx, "vol0", permanent))
 	oldest, err = ctl.OldestLsid(ctx, "vol0")
 	require.NoError(t, err)
@@ -185,6 +212,10 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	frozen, err := ctl.IsFrozen(ctx, "vol0")
 	require.NoError(t, err)
 	require.True(t, frozen)
+	st, err = ctl.Info(ctx, "vol0")
+	require.NoError(t, err)
+	require.True(t, st.Frozen)
+	require.False(t, st.Overflow)
 	require.ErrorIs(t, ctl.ResetWAL(ctx, "vol0"), ErrState)
 	require.ErrorIs(t, ctl.DeleteWdev(ctx, "vol0", false), ErrState)
 	require.NoError(t, ctl.Melt(ctx, "vol0"))
@@ -201,13 +232,21 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	require.EqualValues(t, ddevSize/512, list[0].SizeLB)
 	require.EqualValues(t, ddevSize, d.dial(t, "vol0").Size(), "a new connection sees the new size")
 
-	// reset-wal: every lsid 0.
+	// reset-wal: every lsid 0, a new uuid and salt.
 	require.NoError(t, ctl.ResetWAL(ctx, "vol0"))
 	for _, get := range []func(context.Context, string) (uint64, error){ctl.OldestLsid, ctl.PermanentLsid, ctl.WrittenLsid, ctl.CompletedLsid, ctl.LogUsage} {
 		v, err := get(ctx, "vol0")
 		require.NoError(t, err)
 		require.Zero(t, v)
 	}
+	l, err = ctl.Lsids(ctx, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, walb.Lsids{}, l)
+	reset, err := ctl.Info(ctx, "vol0")
+	require.NoError(t, err)
+	require.NotEqual(t, st.UUID, reset.UUID, "reset-wal gives the log a new uuid")
+	require.EqualValues(t, ddevSize/512, reset.SizeLB, "the resize shows")
+	require.False(t, reset.Frozen)
 
 	// Unknown devices.
 	unknown := map[string]error{
@@ -223,6 +262,8 @@ func testContract(t *testing.T, d *testDaemon, ctl Controller) {
 	_, unknown["usage"] = ctl.LogUsage(ctx, "nope")
 	_, unknown["overflow"] = ctl.IsLogOverflow(ctx, "nope")
 	_, unknown["cat-log"] = ctl.CatLog(ctx, "nope", AutoLsid, AutoLsid, io.Discard)
+	_, unknown["lsids"] = ctl.Lsids(ctx, "nope")
+	_, unknown["info"] = ctl.Info(ctx, "nope")
 	for op, err := range unknown {
 		require.ErrorIs(t, err, ErrNotFound, op)
 	}
@@ -312,6 +353,10 @@ func TestHostKeepsFailedDevices(t *testing.T) {
 	_, err = d2.client.PermanentLsid(ctx, "bad")
 	require.ErrorIs(t, err, ErrState)
 	require.ErrorIs(t, d2.client.Freeze(ctx, "bad", 0), ErrState)
+	_, err = d2.client.Info(ctx, "bad")
+	require.ErrorIs(t, err, ErrState)
+	_, err = d2.client.Lsids(ctx, "bad")
+	require.ErrorIs(t, err, ErrState)
 	_, err = d2.client.PermanentLsid(ctx, "good")
 	require.NoError(t, err)
 	require.NoError(t, d2.client.DeleteWdev(ctx, "bad", false))
@@ -375,7 +420,7 @@ func TestHostDeleteWaitsForOperations(t *testing.T) {
 	delDone := make(chan error, 1)
 	go func() { delDone <- h.DeleteWdev(ctx, "vol0", false) }()
 	require.Eventually(t, func() bool {
-		di, err := h.Info(ctx, "vol0")
+		di, err := h.Describe(ctx, "vol0")
 		return err == nil && di.State == StateDeleting
 	}, time.Minute, time.Millisecond)
 	_, err = h.OldestLsid(ctx, "vol0")
@@ -389,7 +434,7 @@ func TestHostDeleteWaitsForOperations(t *testing.T) {
 	close(w.release)
 	require.NoError(t, <-catDone)
 	require.NoError(t, <-delDone)
-	_, err = h.Info(ctx, "vol0")
+	_, err = h.Describe(ctx, "vol0")
 	require.ErrorIs(t, err, ErrNotFound)
 }
 

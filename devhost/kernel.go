@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +34,10 @@ type KernelController struct {
 	DevDir string
 	// Ioctl performs device ioctls; kernel.SysIoctl if nil.
 	Ioctl kernel.IoctlFunc
+	// SysBlockDir is where sysfs lists block devices, holding walb!NAME
+	// with the attributes size and walb/lsids; kernel.SysBlockDir if
+	// empty.
+	SysBlockDir string
 }
 
 // NewKernelController returns a KernelController for the real driver.
@@ -66,7 +72,15 @@ func (k *KernelController) dev(name string) (*kernel.Device, error) {
 	if err := kernelName(name); err != nil {
 		return nil, err
 	}
-	return &kernel.Device{Name: name, Path: k.dir() + name, Ioctl: k.Ioctl}, nil
+	return &kernel.Device{Name: name, Path: k.dir() + name, SysfsDir: k.sysfsDir(name), Ioctl: k.Ioctl}, nil
+}
+
+// sysfsDir is the sysfs directory of the walb disk name.
+func (k *KernelController) sysfsDir(name string) string {
+	if k.SysBlockDir == "" {
+		return kernel.SysfsDir(name)
+	}
+	return filepath.Join(k.SysBlockDir, filepath.Base(kernel.SysfsDir(name)))
 }
 
 // CreateWdev implements Controller with START_DEV. ldev and ddev must be
@@ -166,6 +180,81 @@ func (k *KernelController) PermanentLsid(ctx context.Context, name string) (uint
 // CompletedLsid implements Controller.
 func (k *KernelController) CompletedLsid(ctx context.Context, name string) (uint64, error) {
 	return k.u64(ctx, name, (*kernel.Device).CompletedLsid)
+}
+
+// Lsids implements Controller with one read of the sysfs attribute
+// walb/lsids, the driver's only source of latest and prev_written. The
+// "submitted" line of older drivers is dropped: walb.Lsids has no such
+// indicator.
+func (k *KernelController) Lsids(ctx context.Context, name string) (walb.Lsids, error) {
+	d, err := k.dev(name)
+	if err != nil {
+		return walb.Lsids{}, err
+	}
+	s, err := d.Lsids(ctx)
+	switch {
+	case err == nil:
+		return walb.Lsids{Latest: s.Latest, Completed: s.Completed, Flush: s.Flush, Permanent: s.Permanent,
+			Written: s.Written, PrevWritten: s.PrevWritten, Oldest: s.Oldest}, nil
+	case errors.Is(err, os.ErrNotExist), ctx.Err() != nil:
+		return walb.Lsids{}, classify(err)
+	default:
+		// Text the driver wrote that does not parse (an INVALID_LSID
+		// among it too) is the driver's failure, not a bad argument.
+		return walb.Lsids{}, &codeError{sentinel: ErrFailed, cause: err}
+	}
+}
+
+// Info implements Controller: the flags and the log capacity from the
+// driver (ioctls), the size from the sysfs attribute size, and the uuid,
+// salt and block size from the super sector of the log node
+// /dev/walb/LNAME. The driver keeps the super sector on disk current for
+// these three: it syncs it when reset-wal gives the log a new uuid and
+// salt.
+func (k *KernelController) Info(ctx context.Context, name string) (DeviceStatus, error) {
+	d, err := k.dev(name)
+	if err != nil {
+		return DeviceStatus{}, err
+	}
+	st := DeviceStatus{Name: name}
+	if st.Frozen, err = d.IsFrozen(ctx); err != nil {
+		return DeviceStatus{}, classify(err)
+	}
+	if st.Overflow, err = d.IsLogOverflow(ctx); err != nil {
+		return DeviceStatus{}, classify(err)
+	}
+	if st.LogCapacityPB, err = d.LogCapacity(ctx); err != nil {
+		return DeviceStatus{}, classify(err)
+	}
+	if st.SizeLB, err = readSysfsU64(filepath.Join(k.sysfsDir(name), "size")); err != nil {
+		return DeviceStatus{}, classify(err)
+	}
+	sup, err := readLogSuper(k.LogPath(name))
+	if err != nil {
+		return DeviceStatus{}, classify(err)
+	}
+	st.UUID, st.Salt, st.PBS = sup.UUID, sup.Salt, sup.PBS
+	return st, nil
+}
+
+// readSysfsU64 reads a sysfs attribute holding one decimal number, as the
+// block layer's size (in 512-byte sectors) does.
+func readSysfsU64(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, errors.Wrap(err, "devhost: sysfs")
+	}
+	defer f.Close()
+	// An attribute is at most a page; a number is far shorter.
+	b, err := io.ReadAll(io.LimitReader(f, 64))
+	if err != nil {
+		return 0, errors.Wrapf(err, "devhost: read %s", path)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, errors.Wrapf(ErrFailed, "%s: %q is not a decimal number", path, b)
+	}
+	return v, nil
 }
 
 // SetOldestLsid implements Controller.
@@ -298,10 +387,10 @@ func (k *KernelController) CatLog(ctx context.Context, name string, begin, end u
 	return got, classify(err)
 }
 
-// openLogNode opens a log device read-only. A block device's buffer cache
-// is dropped first (BLKFLSBUF): the driver writes the log below it, so
-// pages cached by an earlier reader could be stale.
-func openLogNode(path string) (*walb.LogDevice, error) {
+// openLogStorage opens a log device read-only. A block device's buffer
+// cache is dropped first (BLKFLSBUF): the driver writes the log below it,
+// so pages cached by an earlier reader could be stale.
+func openLogStorage(path string) (*walb.FileStorage, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -317,12 +406,38 @@ func openLogNode(path string) (*walb.LogDevice, error) {
 			return nil, errors.Wrapf(err, "devhost: BLKFLSBUF %s", path)
 		}
 	}
+	return st, nil
+}
+
+// openLogNode opens a log device read-only for its log (openLogStorage).
+func openLogNode(path string) (*walb.LogDevice, error) {
+	st, err := openLogStorage(path)
+	if err != nil {
+		return nil, err
+	}
 	ld, err := walb.NewLogDevice(st, st.PhysicalBlockSize())
 	if err != nil {
 		st.Close()
 		return nil, errors.WithMessage(err, path)
 	}
 	return ld, nil
+}
+
+// readLogSuper reads super sector 0 of a log device (openLogStorage). A
+// block device's physical block size must match the super sector's; a
+// regular file (a test's stand-in) has none, and the super sector gives
+// it.
+func readLogSuper(path string) (*walb.Super, error) {
+	st, err := openLogStorage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	s, err := walb.ReadSuper(st, st.PhysicalBlockSize())
+	if err != nil {
+		return nil, errors.WithMessage(err, path)
+	}
+	return s, nil
 }
 
 var _ Controller = (*KernelController)(nil)

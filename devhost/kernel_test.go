@@ -62,10 +62,19 @@ func (k *fakeKernel) blockDevice(path string) {
 
 func (k *fakeKernel) controller() *KernelController {
 	return &KernelController{
-		Control: &kernel.Controller{Path: filepath.Join(k.dir, "control"), Ioctl: k.ioctl, Stat: k.stat},
-		DevDir:  k.dir + "/",
-		Ioctl:   k.ioctl,
+		Control:     &kernel.Controller{Path: filepath.Join(k.dir, "control"), Ioctl: k.ioctl, Stat: k.stat},
+		DevDir:      k.dir + "/",
+		Ioctl:       k.ioctl,
+		SysBlockDir: filepath.Join(k.dir, "sys", "block"),
 	}
+}
+
+// sysfs writes the attribute rel (e.g. "size", "walb/lsids") of the walb
+// disk name, as the driver and the block layer would show it.
+func (k *fakeKernel) sysfs(name, rel, text string) {
+	path := filepath.Join(k.dir, "sys", "block", "walb!"+name, rel)
+	require.NoError(k.t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(k.t, os.WriteFile(path, []byte(text), 0o644))
 }
 
 func (k *fakeKernel) stat(path string) (uint32, uint32, error) {
@@ -448,4 +457,74 @@ func TestKernelControllerCatLog(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, permanent, end)
 	requireZero(t, redoOnZero(t, got.Bytes(), 1<<20))
+}
+
+// get-lsids on a kernel device reads the sysfs attribute walb/lsids; info
+// combines the driver's flags and capacity, the sysfs size and the super
+// sector of the log node.
+func TestKernelControllerLsidsAndInfo(t *testing.T) {
+	ctx := testCtx(t)
+	k := newFakeKernel(t)
+	kc := k.controller()
+	k.blockDevice("/dev/sda1")
+	k.blockDevice("/dev/sda2")
+	_, err := kc.CreateWdev(ctx, "/dev/sda1", "/dev/sda2", CreateOptions{Name: "vol0"})
+	require.NoError(t, err)
+
+	_, err = kc.Lsids(ctx, "vol0")
+	require.ErrorIs(t, err, ErrNotFound, "no sysfs attribute")
+	want := walb.Lsids{Latest: 900, Completed: 880, Flush: 870, Permanent: 860, Written: 850, PrevWritten: 700, Oldest: 600}
+	for _, tc := range []struct{ name, text string }{
+		{"padded, as the driver prints", "latest       900\ncompleted    880\nflush        870\npermanent    860\n" +
+			"written      850\nprev_written 700\noldest       600\n"},
+		{"with submitted, as older drivers print", "latest 900\nsubmitted 890\ncompleted 880\nflush 870\npermanent 860\n" +
+			"written 850\nprev_written 700\noldest 600\n"},
+	} {
+		k.sysfs("vol0", "walb/lsids", tc.text)
+		l, err := kc.Lsids(ctx, "vol0")
+		require.NoError(t, err, tc.name)
+		require.Equal(t, want, l, tc.name)
+	}
+	for _, bad := range []string{"latest 900\n", "latest x\n", "latest 18446744073709551615\ncompleted 1\nflush 1\n" +
+		"permanent 1\nwritten 1\nprev_written 1\noldest 1\n"} {
+		k.sysfs("vol0", "walb/lsids", bad)
+		_, err := kc.Lsids(ctx, "vol0")
+		require.ErrorIs(t, err, ErrFailed, "%q is the driver's fault", bad)
+	}
+	_, err = kc.Lsids(ctx, "nope")
+	require.ErrorIs(t, err, ErrNotFound)
+	_, err = kc.Lsids(ctx, "bad/name")
+	require.ErrorIs(t, err, ErrInvalid)
+
+	// The log node holds a formatted log device (pbs 4096, read from its
+	// super sector since a file has no block size of its own).
+	src := t.TempDir()
+	ldev, ddev := deviceFiles(t, src, "vol0", 4<<20, 4<<20)
+	super, err := walb.FormatLogDevice(ldev, ddev, walb.FormatOptions{Name: "vol0", PBS: 4096})
+	require.NoError(t, err)
+	_, err = kc.Info(ctx, "vol0")
+	require.Error(t, err, "no log node, no sysfs size")
+	k.sysfs("vol0", "size", "8192\n")
+	_, err = kc.Info(ctx, "vol0")
+	require.ErrorIs(t, err, ErrNotFound, "no log node")
+	require.NoError(t, os.Rename(ldev, kc.LogPath("vol0")))
+
+	d := k.dev("vol0")
+	k.mu.Lock()
+	d.frozen, d.overflow, d.capacity = true, true, 777
+	k.mu.Unlock()
+	st, err := kc.Info(ctx, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, DeviceStatus{Name: "vol0", UUID: super.UUID, Salt: super.Salt, PBS: 4096, SizeLB: 8192,
+		LogCapacityPB: 777, Overflow: true, Frozen: true}, st)
+
+	k.sysfs("vol0", "size", "lots\n")
+	_, err = kc.Info(ctx, "vol0")
+	require.ErrorIs(t, err, ErrFailed)
+	k.sysfs("vol0", "size", "8192\n")
+	require.NoError(t, os.WriteFile(kc.LogPath("vol0"), make([]byte, 64<<10), 0o600))
+	_, err = kc.Info(ctx, "vol0")
+	require.ErrorIs(t, err, ErrFailed, "not a log device")
+	_, err = kc.Info(ctx, "nope")
+	require.ErrorIs(t, err, ErrNotFound)
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 
 	"github.com/pkg/errors"
+
+	"github.com/walb-go/walb/walb"
 )
 
 // ProtocolVersion is the version of the control protocol this package
@@ -47,15 +49,41 @@ type Request struct {
 // cat-log answer with Stream set is followed by data frames and a second
 // Response, the trailer.
 type Response struct {
-	V       int          `json:"v"`
-	OK      bool         `json:"ok"`
-	Code    string       `json:"code,omitempty"`
-	Error   string       `json:"error,omitempty"`
-	Value   *uint64      `json:"value,omitempty"`
-	Bool    *bool        `json:"bool,omitempty"`
-	Device  *DeviceInfo  `json:"device,omitempty"`
-	Devices []DeviceInfo `json:"devices,omitempty"`
-	Stream  bool         `json:"stream,omitempty"`
+	V       int           `json:"v"`
+	OK      bool          `json:"ok"`
+	Code    string        `json:"code,omitempty"`
+	Error   string        `json:"error,omitempty"`
+	Value   *uint64       `json:"value,omitempty"`
+	Bool    *bool         `json:"bool,omitempty"`
+	Device  *DeviceInfo   `json:"device,omitempty"`
+	Devices []DeviceInfo  `json:"devices,omitempty"`
+	Lsids   *WireLsids    `json:"lsids,omitempty"`
+	Info    *DeviceStatus `json:"info,omitempty"`
+	Stream  bool          `json:"stream,omitempty"`
+}
+
+// WireLsids is walb.Lsids as the answer to get-lsids carries it, under the
+// names of the driver's sysfs attribute walb/lsids. Every key is sent,
+// zeros included.
+type WireLsids struct {
+	Latest      uint64 `json:"latest"`
+	Completed   uint64 `json:"completed"`
+	Flush       uint64 `json:"flush"`
+	Permanent   uint64 `json:"permanent"`
+	Written     uint64 `json:"written"`
+	PrevWritten uint64 `json:"prev_written"`
+	Oldest      uint64 `json:"oldest"`
+}
+
+func toWire(l walb.Lsids) *WireLsids {
+	return &WireLsids{Latest: l.Latest, Completed: l.Completed, Flush: l.Flush, Permanent: l.Permanent,
+		Written: l.Written, PrevWritten: l.PrevWritten, Oldest: l.Oldest}
+}
+
+// Lsids returns w as walb.Lsids.
+func (w WireLsids) Lsids() walb.Lsids {
+	return walb.Lsids{Latest: w.Latest, Completed: w.Completed, Flush: w.Flush, Permanent: w.Permanent,
+		Written: w.Written, PrevWritten: w.PrevWritten, Oldest: w.Oldest}
 }
 
 // Request fields an operation may carry, as a bit set.
@@ -115,6 +143,8 @@ const (
 	ansBool                  // bool
 	ansDevice                // device
 	ansDevices               // devices
+	ansLsids                 // lsids
+	ansInfo                  // info
 	ansStream                // stream, data frames, trailer with value
 )
 
@@ -135,6 +165,8 @@ var ops = map[string]opSpec{
 	"get-written-lsid":        {need: fName, ans: ansValue},
 	"get-permanent-lsid":      {need: fName, ans: ansValue},
 	"get-completed-lsid":      {need: fName, ans: ansValue},
+	"get-lsids":               {need: fName, ans: ansLsids},
+	"info":                    {need: fName, ans: ansInfo},
 	"freeze":                  {need: fName, allow: fTimeout, ans: ansNone},
 	"melt":                    {need: fName, ans: ansNone},
 	"is-frozen":               {need: fName, ans: ansBool},

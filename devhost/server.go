@@ -317,6 +317,14 @@ func (s *ControlServer) dispatch(ctx context.Context, req *Request, spec opSpec)
 		return value(ctl.PermanentLsid(ctx, name))
 	case "get-completed-lsid":
 		return value(ctl.CompletedLsid(ctx, name))
+	case "get-lsids":
+		l, err := ctl.Lsids(ctx, name)
+		resp.Lsids = toWire(l)
+		return resp, err
+	case "info":
+		st, err := ctl.Info(ctx, name)
+		resp.Info = &st
+		return resp, err
 	case "set-oldest-lsid":
 		return resp, ctl.SetOldestLsid(ctx, name, *req.Lsid)
 	case "freeze":

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/walb-go/walb/walb"
+	"github.com/walb-go/walb/wlog"
 )
 
 // rawConn speaks the control protocol by hand.
@@ -87,6 +90,10 @@ func TestControlProtocolErrors(t *testing.T) {
 		{`{"v":1,"op":"resize","name":"vol0","size_lb":8}`, codeInvalid},
 		{`{"v":1,"op":"freeze","name":"vol0","timeout_ms":18446744073709551615}`, codeInvalid},
 		{`{"v":1,"op":"cat-log","name":"vol0","begin":5,"end":1}`, codeInvalid},
+		{`{"v":1,"op":"get-lsids"}`, codeBadRequest},                   // missing name
+		{`{"v":1,"op":"info","name":"vol0","lsid":1}`, codeBadRequest}, // field the op does not take
+		{`{"v":1,"op":"get-lsids","name":"nope"}`, codeNotFound},
+		{`{"v":1,"op":"info","name":"nope"}`, codeNotFound},
 	}
 	for _, tc := range tests {
 		r.expectCode(tc.line, tc.code)
@@ -97,6 +104,23 @@ func TestControlProtocolErrors(t *testing.T) {
 	m := r.recv()
 	require.Equal(t, true, m["ok"])
 	require.EqualValues(t, 0, m["value"])
+	// get-lsids sends every indicator under its sysfs name, zeros
+	// included; info sends the uuid as hex text.
+	r.send(`{"v":1,"op":"get-lsids","name":"vol0"}`)
+	m = r.recv()
+	require.Equal(t, true, m["ok"])
+	lsids := m["lsids"].(map[string]any)
+	require.Len(t, lsids, 7)
+	for _, k := range []string{"latest", "completed", "flush", "permanent", "written", "prev_written", "oldest"} {
+		require.Contains(t, lsids, k)
+	}
+	r.send(`{"v":1,"op":"info","name":"vol0"}`)
+	m = r.recv()
+	info := m["info"].(map[string]any)
+	require.Equal(t, "vol0", info["name"])
+	require.Regexp(t, `^[0-9a-f]{32}$`, info["uuid"])
+	require.EqualValues(t, 512, info["pbs"])
+	require.Equal(t, false, info["frozen"])
 	r.send(`{"v":1,"op":"freeze","name":"vol0"}`)
 	require.Equal(t, true, r.recv()["ok"])
 	r.expectCode(`{"v":1,"op":"reset-wal","name":"vol0"}`, codeState)
@@ -205,12 +229,80 @@ func TestFramesAndLines(t *testing.T) {
 // Every operation of the table is dispatched, and the error codes map to
 // the sentinels both ways.
 func TestOpsTableAndCodes(t *testing.T) {
-	require.Len(t, ops, 21)
+	require.Len(t, ops, 23)
 	for code, s := range codeSentinels {
 		require.Equal(t, code, codeOf(s), code)
 		require.ErrorIs(t, decodeError(code, "x"), s)
 	}
 	require.ErrorIs(t, decodeError("from-the-future", "x"), ErrFailed)
+}
+
+// DeviceStatus travels with its uuid as hex text and is decoded as
+// strictly as the rest of the protocol.
+func TestDeviceStatusJSON(t *testing.T) {
+	st := DeviceStatus{Name: "vol0", UUID: wlog.UUID{0xde, 0xad, 15: 0x01}, Salt: 0xdeadbeef, PBS: 4096,
+		SizeLB: 1 << 40, LogCapacityPB: 12345, Overflow: true}
+	b, err := json.Marshal(st)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"name":"vol0","uuid":"dead0000000000000000000000000001","salt":3735928559,"pbs":4096,`+
+		`"size_lb":1099511627776,"log_capacity_pb":12345,"overflow":true,"frozen":false}`, string(b))
+	var back DeviceStatus
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, st, back)
+
+	for _, bad := range []string{
+		`{"name":"vol0","uuid":"dead","salt":0,"pbs":512,"size_lb":0,"log_capacity_pb":0,"overflow":false,"frozen":false}`,
+		`{"name":"vol0","salt":0,"pbs":512}`, // no uuid
+		`{"name":"vol0","uuid":"dead0000000000000000000000000001","colour":"red"}`,
+		`{"name":"vol0","uuid":[222,173,0,0,0,0,0,0,0,0,0,0,0,0,0,1]}`,
+	} {
+		require.Error(t, json.Unmarshal([]byte(bad), &back), bad)
+	}
+}
+
+// The client refuses answers that lack what the operation promises, and
+// reports an operation an older daemon does not know as ErrBadRequest.
+func TestClientChecksNewAnswers(t *testing.T) {
+	ctx := testCtx(t)
+	sock := filepath.Join(t.TempDir(), "fake.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	answers := make(chan string, 1)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(c)
+			if _, err := br.ReadString('\n'); err == nil {
+				_, _ = io.WriteString(c, <-answers+"\n")
+			}
+			c.Close()
+		}
+	}()
+	c := NewClient(sock)
+	tests := []struct {
+		name, answer string
+		call         func() error
+		want         error
+	}{
+		{"lsids missing", `{"v":1,"ok":true}`, func() error { _, err := c.Lsids(ctx, "v"); return err }, ErrProtocol},
+		{"lsids unknown key", `{"v":1,"ok":true,"lsids":{"latest":1,"submitted":1}}`, func() error { _, err := c.Lsids(ctx, "v"); return err }, ErrProtocol},
+		{"info missing", `{"v":1,"ok":true}`, func() error { _, err := c.Info(ctx, "v"); return err }, ErrProtocol},
+		{"info bad uuid", `{"v":1,"ok":true,"info":{"name":"v","uuid":"xyz"}}`, func() error { _, err := c.Info(ctx, "v"); return err }, ErrProtocol},
+		{"old daemon", `{"v":1,"ok":false,"code":"bad-request","error":"unknown operation \"get-lsids\""}`,
+			func() error { _, err := c.Lsids(ctx, "v"); return err }, ErrBadRequest},
+	}
+	for _, tc := range tests {
+		answers <- tc.answer
+		require.ErrorIs(t, tc.call(), tc.want, tc.name)
+	}
+	answers <- `{"v":1,"ok":true,"lsids":{"latest":9,"completed":8,"flush":7,"permanent":6,"written":5,"prev_written":4,"oldest":3}}`
+	got, err := c.Lsids(ctx, "v")
+	require.NoError(t, err)
+	require.Equal(t, walb.Lsids{Latest: 9, Completed: 8, Flush: 7, Permanent: 6, Written: 5, PrevWritten: 4, Oldest: 3}, got)
 }
 
 func BenchmarkCatLogFrames(b *testing.B) {

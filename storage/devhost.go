@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/url"
@@ -21,13 +20,11 @@ import (
 // devhost.Controller (devhost.NewClient(socket) for the daemon, or a
 // *devhost.Host in the same process) and read through its NBD export.
 //
-// The control interface gives the lsids one by one and has no latest or
-// prev_written, so a device's Lsids reports latest as completed (every
-// acknowledged write is below it, which is what a snapshot needs) and
-// prev_written as written; when releasing the log up to written is refused
-// because the last checkpoint is older, the release takes a checkpoint and
-// tries again. The uuid and salt come from the header of an empty log
-// extraction.
+// A device's Lsids is one get-lsids call, so the seven indicators come
+// from one instant; Info is one info call (the log's uuid, salt and block
+// size, the device size, the ring size). SetOldestLsid passes the lsid to
+// the device unchanged: the storage releases at most prev_written
+// (formats.md §5.3), and the device refuses anything else.
 type DevhostDevices struct {
 	Ctl devhost.Controller
 
@@ -93,37 +90,13 @@ type devhostDevice struct {
 	nbd *nbd.Client
 }
 
-// Lsids implements Device. The indicators are read from the smallest to
-// the largest, so that each read comes later than the one before and the
-// order oldest <= written <= permanent <= completed holds.
+// Lsids implements Device.
 func (d *devhostDevice) Lsids(ctx context.Context) (walb.Lsids, error) {
-	var l walb.Lsids
-	var err error
-	if l.Oldest, err = d.ctl.OldestLsid(ctx, d.name); err != nil {
-		return l, err
-	}
-	if l.Written, err = d.ctl.WrittenLsid(ctx, d.name); err != nil {
-		return l, err
-	}
-	if l.Permanent, err = d.ctl.PermanentLsid(ctx, d.name); err != nil {
-		return l, err
-	}
-	if l.Completed, err = d.ctl.CompletedLsid(ctx, d.name); err != nil {
-		return l, err
-	}
-	l.PrevWritten, l.Flush, l.Latest = l.Written, l.Permanent, l.Completed
-	return l, nil
+	return d.ctl.Lsids(ctx, d.name)
 }
 
-// SetOldestLsid implements Device; see DevhostDevices for the retry.
+// SetOldestLsid implements Device.
 func (d *devhostDevice) SetOldestLsid(ctx context.Context, lsid uint64) error {
-	err := d.ctl.SetOldestLsid(ctx, d.name, lsid)
-	if !errors.Is(err, devhost.ErrInvalid) {
-		return err
-	}
-	if err := d.ctl.TakeCheckpoint(ctx, d.name); err != nil {
-		return err
-	}
 	return d.ctl.SetOldestLsid(ctx, d.name, lsid)
 }
 
@@ -134,38 +107,15 @@ func (d *devhostDevice) IsLogOverflow(ctx context.Context) (bool, error) {
 
 // Info implements Device.
 func (d *devhostDevice) Info(ctx context.Context) (DeviceInfo, error) {
-	di, err := devhostInfo(ctx, d.ctl, d.name)
-	if err != nil {
-		return DeviceInfo{}, err
+	st, err := d.ctl.Info(ctx, d.name)
+	switch {
+	case errors.Is(err, devhost.ErrNotFound), errors.Is(err, devhost.ErrState):
+		// Gone or not open since Resolve: as Resolve would say now.
+		return DeviceInfo{}, errors.Wrapf(ErrNoDevice, "device %s: %v", d.name, err)
+	case err != nil:
+		return DeviceInfo{}, errors.WithMessagef(err, "storage: info of device %s", d.name)
 	}
-	capPB, err := d.ctl.LogCapacity(ctx, d.name)
-	if err != nil {
-		return DeviceInfo{}, err
-	}
-	h, err := d.logHeader(ctx)
-	if err != nil {
-		return DeviceInfo{}, err
-	}
-	return DeviceInfo{UUID: h.UUID, Salt: h.Salt, PBS: h.PBS, SizeLB: di.SizeLB, LogCapacityPB: capPB}, nil
-}
-
-// logHeader extracts an empty range of the log for its wlog header, which
-// carries the log's uuid, salt and block size.
-func (d *devhostDevice) logHeader(ctx context.Context) (wlog.FileHeader, error) {
-	var last error
-	for range 3 {
-		oldest, err := d.ctl.OldestLsid(ctx, d.name)
-		if err != nil {
-			return wlog.FileHeader{}, err
-		}
-		var b bytes.Buffer
-		if _, err := d.ctl.CatLog(ctx, d.name, oldest, oldest, &b); err != nil {
-			last = err // the oldest lsid moved meanwhile
-			continue
-		}
-		return wlog.ParseFileHeader(b.Bytes())
-	}
-	return wlog.FileHeader{}, errors.WithMessagef(last, "storage: read the log header of %s", d.name)
+	return DeviceInfo{UUID: st.UUID, Salt: st.Salt, PBS: st.PBS, SizeLB: st.SizeLB, LogCapacityPB: st.LogCapacityPB}, nil
 }
 
 // NewPackReader implements Device with an extraction streamed through a

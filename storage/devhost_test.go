@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/walb-go/walb/devhost"
 	"github.com/walb-go/walb/nbd"
 	"github.com/walb-go/walb/walb"
+	"github.com/walb-go/walb/wlog"
 )
 
 func TestParseNBDURI(t *testing.T) {
@@ -135,4 +137,95 @@ func TestDevhostDevice(t *testing.T) {
 	uuid2, err := e.st.UUID("v")
 	require.NoError(t, err)
 	require.NotEqual(t, uuid, uuid2, "a reset gives the log a new uuid")
+}
+
+// checkpointCounter is a devhost.Controller that counts the checkpoints
+// asked of it.
+type checkpointCounter struct {
+	devhost.Controller
+	ckpts atomic.Int32
+}
+
+func (c *checkpointCounter) TakeCheckpoint(ctx context.Context, name string) error {
+	c.ckpts.Add(1)
+	return c.Controller.TakeCheckpoint(ctx, name)
+}
+
+// TestDevhostDeviceControl checks the adapter's control path against a
+// walb-dev daemon: the lsids are the device's own (latest and prev_written
+// included), the identity is the log's, and a release above prev_written
+// is refused as formats.md §5.3 says, without a checkpoint forced behind
+// the caller's back.
+func TestDevhostDeviceControl(t *testing.T) {
+	root := t.TempDir()
+	ctx := context.Background()
+	// Checkpoints only on demand, so that prev_written stays where the
+	// test puts it.
+	daemon, err := devhost.StartDaemon(ctx, devhost.Config{
+		BaseDir: filepath.Join(root, "devhost"), NBDAddr: "127.0.0.1:0", ControlSocket: filepath.Join(root, "ctl.sock"),
+		Logger: testLogger(), Device: walb.Options{CheckpointInterval: time.Hour, LogFlushInterval: 5 * time.Millisecond},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, daemon.Shutdown(context.Background())) })
+	f := makeDevice(t, root, 1<<20, 8<<20, false)
+	client := devhost.NewClient(daemon.ControlSocket())
+	di, err := client.CreateWdev(ctx, f.ldev, f.ddev, devhost.CreateOptions{Name: "dev0"})
+	require.NoError(t, err)
+	ctl := &checkpointCounter{Controller: client}
+	devs := NewDevhostDevices(ctl)
+	t.Cleanup(func() { devs.Close() })
+	dev, err := devs.Resolve(ctx, "dev0")
+	require.NoError(t, err)
+
+	network, addr, export, err := parseNBDURI(di.URI)
+	require.NoError(t, err)
+	app, err := nbd.Dial(ctx, network, addr, nbd.ClientOptions{Export: export})
+	require.NoError(t, err)
+	defer app.Close()
+	_, err = app.WriteAt(bytes.Repeat([]byte{0xab}, 64<<10), 0)
+	require.NoError(t, err)
+	require.NoError(t, app.Flush())
+
+	l, err := dev.Lsids(ctx)
+	require.NoError(t, err)
+	direct, err := client.Lsids(ctx, "dev0")
+	require.NoError(t, err)
+	require.Equal(t, direct, l)
+	require.Positive(t, l.Latest)
+	require.Equal(t, l.Permanent, l.Latest, "flushed and idle")
+	require.Zero(t, l.PrevWritten, "no checkpoint since the writes")
+
+	info, err := dev.Info(ctx)
+	require.NoError(t, err)
+	st, err := client.Info(ctx, "dev0")
+	require.NoError(t, err)
+	require.Equal(t, DeviceInfo{UUID: st.UUID, Salt: st.Salt, PBS: 512, SizeLB: 1 << 20 / 512, LogCapacityPB: st.LogCapacityPB}, info)
+	var wl bytes.Buffer
+	_, err = client.CatLog(ctx, "dev0", 0, 0, &wl)
+	require.NoError(t, err)
+	hdr, err := wlog.ParseFileHeader(wl.Bytes())
+	require.NoError(t, err)
+	require.Equal(t, hdr.UUID, info.UUID)
+	require.Equal(t, hdr.Salt, info.Salt)
+
+	require.ErrorIs(t, dev.SetOldestLsid(ctx, l.Permanent), devhost.ErrInvalid, "above prev_written")
+	require.Zero(t, ctl.ckpts.Load(), "a refused release forces no checkpoint")
+	require.NoError(t, dev.SetOldestLsid(ctx, l.PrevWritten))
+
+	// The data device catches up in the background; a checkpoint once it
+	// has makes everything releasable.
+	require.Eventually(t, func() bool {
+		require.NoError(t, client.TakeCheckpoint(ctx, "dev0"))
+		l, err = dev.Lsids(ctx)
+		require.NoError(t, err)
+		return l.PrevWritten == l.Permanent
+	}, time.Minute, 10*time.Millisecond, "a checkpoint moves prev_written")
+	require.NoError(t, dev.SetOldestLsid(ctx, l.PrevWritten))
+	l, err = dev.Lsids(ctx)
+	require.NoError(t, err)
+	require.Equal(t, l.PrevWritten, l.Oldest)
+
+	require.NoError(t, client.DeleteWdev(ctx, "dev0", false))
+	_, err = dev.Info(ctx)
+	require.ErrorIs(t, err, ErrNoDevice)
 }

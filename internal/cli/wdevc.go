@@ -91,6 +91,7 @@ func init() {
 		{"get-written-lsid", "WDEV", "Print the written lsid.", wdevcValue("get-written-lsid", devhost.Controller.WrittenLsid)},
 		{"get-permanent-lsid", "WDEV", "Print the permanent lsid.", wdevcValue("get-permanent-lsid", devhost.Controller.PermanentLsid)},
 		{"get-completed-lsid", "WDEV", "Print the completed lsid.", wdevcValue("get-completed-lsid", devhost.Controller.CompletedLsid)},
+		{"get-lsids", "WDEV", "Print every lsid at once, as the driver's sysfs walb/lsids.", wdevcGetLsids},
 		{"get-log-usage", "WDEV", "Print the log usage [physical blocks].", wdevcValue("get-log-usage", devhost.Controller.LogUsage)},
 		{"get-log-capacity", "WDEV", "Print the log capacity [physical blocks].", wdevcValue("get-log-capacity", devhost.Controller.LogCapacity)},
 		{"is-flush-capable", "WDEV", "Print 1 if the device accepts flushes, else 0.", wdevcFlag("is-flush-capable", devhost.Controller.IsFlushCapable)},
@@ -213,6 +214,27 @@ func wdevcValue(cmd string, get func(devhost.Controller, context.Context, string
 		_, err = fmt.Fprintln(e.stdout, v)
 		return err
 	}
+}
+
+// wdevcGetLsids prints the lsids in the text of the driver's sysfs
+// attribute walb/lsids, so that scripts parse one format for both kinds of
+// device.
+func wdevcGetLsids(ctx context.Context, e *wdevcEnv, args []string) error {
+	var wdev string
+	o := wdevcOptions(e, "get-lsids", "Print every lsid of the device, read at one instant, "+
+		"in the format of the driver's sysfs attribute walb/lsids.")
+	o.Param(&wdev, "WDEV", "device name or /dev/walb/NAME", false)
+	if err := parse(o, args, e.stdout); err != nil {
+		return err
+	}
+	l, err := e.controller().Lsids(ctx, devhost.NameFromPath(wdev))
+	if err != nil {
+		return err
+	}
+	s := kernel.LsidSet{Latest: l.Latest, Completed: l.Completed, Flush: l.Flush, Permanent: l.Permanent,
+		Written: l.Written, PrevWritten: l.PrevWritten, Oldest: l.Oldest}
+	_, err = io.WriteString(e.stdout, s.String())
+	return err
 }
 
 func wdevcFlag(cmd string, get func(devhost.Controller, context.Context, string) (bool, error)) func(context.Context, *wdevcEnv, []string) error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walb-go/walb/devhost"
 	"github.com/walb-go/walb/nbd"
+	"github.com/walb-go/walb/walb/kernel"
 )
 
 // tool runs one command line in-process and returns its exit code, stdout
@@ -109,6 +110,13 @@ func TestWdevcAgainstDaemon(t *testing.T) {
 	require.EqualValues(t, 16<<20/512-10, num(t, w("get-log-capacity", "vol0")))
 	require.Equal(t, "0\n", w("is-log-overflow", "vol0"))
 	require.Equal(t, "1\n", w("is-flush-capable", "vol0"))
+	lsids, err := kernel.ParseLsids(strings.NewReader(w("get-lsids", "vol0")))
+	require.NoError(t, err, "get-lsids prints the sysfs format")
+	require.NoError(t, lsids.Check())
+	require.Equal(t, permanent, lsids.Permanent)
+	require.Equal(t, permanent, lsids.Latest)
+	require.Zero(t, lsids.Oldest)
+	require.False(t, lsids.HasSubmitted)
 
 	// cat-log to a file and to stdout; its redo on zeros is the device.
 	wl := filepath.Join(dir, "vol0.wlog")
@@ -163,7 +171,7 @@ func TestWdevcUsage(t *testing.T) {
 	out := ok(t, "wdevc", "help")
 	for _, cmd := range []string{"format-ldev", "create-wdev", "delete-wdev", "list", "get-oldest-lsid", "set-oldest-lsid",
 		"get-written-lsid", "get-permanent-lsid", "get-completed-lsid", "freeze", "melt", "reset-wal", "resize",
-		"is-log-overflow", "get-log-usage", "get-log-capacity", "cat-log"} {
+		"is-log-overflow", "get-log-usage", "get-log-capacity", "get-lsids", "cat-log"} {
 		require.Contains(t, out, "\n  "+cmd+" ", cmd)
 	}
 	require.Contains(t, ok(t, "wdevc", "help", "create-wdev"), "-maxl")
