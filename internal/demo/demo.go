@@ -1,11 +1,15 @@
-// Package demo runs the SDK's demonstration: a WalB device is written to
-// while its log is extracted continuously, and every snapshot taken on the
-// way is rebuilt from a base image plus diffs and verified bit for bit.
-// cmd/walb-demo is its front end.
+// Package demo runs the SDK's demonstration, the front end of
+// cmd/walb-demo: it starts the embedded default backup group (package
+// group: a WalB device, a storage, a proxy and an archive in this process,
+// on loopback ports, in a temporary directory), writes to the device in
+// random bursts, takes a full backup while the device is being written,
+// snapshots it between bursts, restores every snapshot at the archive and
+// checks it against the device's sha256 at that snapshot, applies the
+// older diffs to the archive's base, and restores and checks again.
+// Every step is printed with its gid, lsids, sizes and time.
 package demo
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -13,211 +17,410 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/pkg/errors"
 
+	"github.com/walb-go/walb/controller"
+	"github.com/walb-go/walb/group"
+	"github.com/walb-go/walb/nbd"
 	"github.com/walb-go/walb/walb"
-	"github.com/walb-go/walb/wdiff"
 )
+
+// ErrMismatch means a restored image differs from the device at its
+// snapshot: the backup is wrong.
+var ErrMismatch = errors.New("demo: restored image differs from the device")
 
 // Options sizes the demo.
 type Options struct {
-	Dir         string // work directory (a temp dir when empty; removed afterwards)
-	DeviceMiB   int    // data device size
-	LogMiB      int    // log device size
-	Snapshots   int    // snapshots to take and verify
-	WritesPerGo int    // writes between snapshots
-	Seed        uint64
+	// Dir is the group directory; empty means a temporary directory,
+	// removed at the end.
+	Dir string
+	// DeviceMiB and LogMiB size the data and log devices.
+	DeviceMiB, LogMiB int
+	// Snapshots is how many bursts are written, each followed by a
+	// snapshot (at least 2: one is applied, a later one restored after).
+	Snapshots int
+	// BurstWrites is the number of writes per burst, each 4 KiB to
+	// MaxWriteKiB at a random 4 KiB-aligned offset.
+	BurstWrites, MaxWriteKiB int
+	// Seed makes the written data and offsets reproducible.
+	Seed uint64
+	// Logger receives the servers' logs (nil: none).
+	Logger *slog.Logger
 }
 
 // DefaultOptions is what cmd/walb-demo runs.
-var DefaultOptions = Options{DeviceMiB: 64, LogMiB: 32, Snapshots: 5, WritesPerGo: 400, Seed: 1}
+var DefaultOptions = Options{DeviceMiB: 64, LogMiB: 32, Snapshots: 4, BurstWrites: 200, MaxWriteKiB: 64, Seed: 1}
 
-// Run executes the demo, reporting to out.
-func Run(ctx context.Context, out io.Writer, opt Options) error {
-	dir := opt.Dir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "walb-demo-*")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		dir = d
+func (o Options) check() error {
+	switch {
+	case o.DeviceMiB < 1 || o.DeviceMiB > 1<<20:
+		return errors.Errorf("demo: device size %d MiB: want 1 MiB to 1 TiB", o.DeviceMiB)
+	case o.LogMiB*int(1<<20) < group.MinLogSize:
+		return errors.Errorf("demo: log size %d MiB: want at least %d MiB", o.LogMiB, group.MinLogSize>>20)
+	case o.Snapshots < 2:
+		return errors.Errorf("demo: %d snapshots: want at least 2", o.Snapshots)
+	case o.BurstWrites < 1:
+		return errors.Errorf("demo: %d writes per burst: want at least 1", o.BurstWrites)
+	case o.MaxWriteKiB < 4 || o.MaxWriteKiB%4 != 0 || o.MaxWriteKiB > 1024 || o.MaxWriteKiB*1024 > o.DeviceMiB<<20:
+		return errors.Errorf("demo: max write %d KiB: want a multiple of 4 up to 1024 and the device size", o.MaxWriteKiB)
 	}
-	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	ldev, ddev := filepath.Join(dir, "ldev.img"), filepath.Join(dir, "ddev.img")
-	size := int64(opt.DeviceMiB) << 20
-	if err := makeFile(ldev, int64(opt.LogMiB)<<20); err != nil {
-		return err
-	}
-	if err := makeFile(ddev, size); err != nil {
-		return err
-	}
-	sup, err := walb.FormatLogDevice(ldev, ddev, walb.FormatOptions{Name: "demo", PBS: 4096})
-	if err != nil {
-		return err
-	}
-	say("formatted log device: pbs %d, ring %d blocks, uuid %s", sup.PBS, sup.RingBufferSize, sup.UUID)
-	dev, err := walb.Open(ctx, ldev, ddev, walb.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-
-	// The "archive": a base image (the device's initial, all-zero state)
-	// and one wdiff per snapshot interval.
-	base := filepath.Join(dir, "base.img")
-	if err := makeFile(base, size); err != nil {
-		return err
-	}
-	var diffs []string
-	var snapSums [][32]byte
-	rng := rand.New(rand.NewPCG(opt.Seed, 7))
-	buf := make([]byte, 64<<10)
-	lsid := dev.Lsids().Oldest
-	start := time.Now()
-	var written int64
-	for s := 1; s <= opt.Snapshots; s++ {
-		for i := 0; i < opt.WritesPerGo; i++ {
-			n := (1 + rng.IntN(16)) * 4096
-			off := int64(rng.IntN(int(size/4096)-16)) * 4096
-			for j := 0; j < n; j += 8 {
-				buf[j] = byte(rng.Uint32())
-			}
-			if _, err := dev.WriteAt(buf[:n], off); err != nil {
-				return err
-			}
-			written += int64(n)
-		}
-		if err := dev.Flush(); err != nil {
-			return err
-		}
-		// Snapshot: the lsid up to which the log is durable.
-		end := dev.Lsids().Permanent
-		sum, err := imageSum(dev, size)
-		if err != nil {
-			return err
-		}
-		snapSums = append(snapSums, sum)
-		// Extract [lsid, end) as a wlog and turn it into a wdiff.
-		var wl bytes.Buffer
-		if _, err := dev.ReadLog(ctx, lsid, end, &wl); err != nil {
-			return errors.Wrap(err, "extract log")
-		}
-		diffPath := filepath.Join(dir, fmt.Sprintf("snap%02d.wdiff", s))
-		f, err := os.Create(diffPath)
-		if err != nil {
-			return err
-		}
-		st, err := wdiff.ConvertWlogs(ctx, []wdiff.WlogInput{{Name: "log", R: bytes.NewReader(wl.Bytes())}}, f,
-			wdiff.ConvertOptions{MaxIOBlocks: wdiff.DefaultMaxIOBlocks, Compression: wdiff.DefaultCompression})
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		// Log space can be released up to what the data device holds
-		// durably (prev_written, advanced by a checkpoint).
-		if err := dev.TakeCheckpoint(); err != nil {
-			return err
-		}
-		if err := dev.SetOldestLsid(min(end, dev.Lsids().PrevWritten)); err != nil {
-			return err
-		}
-		diffs = append(diffs, diffPath)
-		say("snapshot %d: lsid [%d, %d) wlog %d KiB -> wdiff %d records (%d KiB data), log space released",
-			s, lsid, end, wl.Len()>>10, st.Records, st.NormalLB/2)
-		lsid = end
-	}
-	say("wrote %d MiB through the device in %v", written>>20, time.Since(start).Round(time.Millisecond))
-
-	// Restore every snapshot: base + diffs[0..s] applied in order.
-	for s := range diffs {
-		img := filepath.Join(dir, fmt.Sprintf("restore%02d.img", s+1))
-		if err := copyFile(base, img); err != nil {
-			return err
-		}
-		for _, d := range diffs[:s+1] {
-			if err := applyDiff(ctx, d, img); err != nil {
-				return err
-			}
-		}
-		f, err := os.Open(img)
-		if err != nil {
-			return err
-		}
-		sum, err := readerSum(f, size)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		if sum != snapSums[s] {
-			return errors.Errorf("snapshot %d restored with sha256 %x, device had %x", s+1, sum, snapSums[s])
-		}
-		say("restored snapshot %d from base + %d diffs: sha256 %x... matches the device", s+1, s+1, sum[:8])
-		os.Remove(img)
-	}
-	say("demo complete: %d snapshots restored bit-exact", len(diffs))
 	return nil
 }
 
-func makeFile(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+const volName = "vol0"
+
+// demo is one run.
+type demo struct {
+	out   io.Writer
+	opt   Options
+	start time.Time
+	g     *group.Group
+	ctl   *controller.Controller
+	v     *group.Volume
+	rng   *rand.Rand
+	buf   []byte
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+// snap is a snapshot taken by the demo and what the device held at it.
+type snap struct {
+	gid uint64
+	sum [32]byte
 }
 
-func applyDiff(ctx context.Context, diff, img string) error {
-	d, err := wdiff.Open(diff)
+// Run executes the demo, reporting to out. It returns nil only if every
+// restored image matched the device at its snapshot.
+func Run(ctx context.Context, out io.Writer, opt Options) (err error) {
+	if err := opt.check(); err != nil {
+		return err
+	}
+	d := &demo{out: out, opt: opt, start: time.Now(), rng: newRand(opt.Seed),
+		buf: make([]byte, opt.MaxWriteKiB<<10)}
+	d.say("walb-demo: a WalB backup group embedded in this process")
+
+	t := time.Now()
+	g, err := group.Start(ctx, group.Config{Dir: opt.Dir, Logger: opt.Logger})
 	if err != nil {
+		return errors.WithMessage(err, "demo: start the group")
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		t := time.Now()
+		if cerr := g.Close(cctx); cerr != nil {
+			err = errors.Wrap(cerr, "demo: close the group")
+			return
+		}
+		kept := "temporary directory removed"
+		if opt.Dir != "" {
+			kept = opt.Dir + " kept"
+		}
+		d.say("closed the group: servers stopped, device checkpointed, %s (%v)", kept, since(t))
+	}()
+	d.g, d.ctl = g, g.Controller()
+	l := g.Layout()
+	d.say("started the group in %s (%v)", g.Dir(), since(t))
+	for _, s := range l.All() {
+		d.say("  %-7s %-3s %s", s.Kind, s.Name, s.Addr)
+	}
+	d.say("  nbd     devices %s, restored images %s", g.DeviceNBDAddr(), g.ArchiveNBDAddr(g.Primary()))
+
+	if err := d.run(ctx); err != nil {
 		return err
 	}
-	defer d.Close()
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := wdiff.Apply(ctx, d, f, wdiff.ApplyOptions{ZeroDiscard: true}); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return nil
 }
 
-func imageSum(r io.ReaderAt, size int64) ([32]byte, error) { return readerSum(r, size) }
+func (d *demo) run(ctx context.Context) error {
+	size := int64(d.opt.DeviceMiB) << 20
+	t := time.Now()
+	if _, err := d.g.Volume(volName); err == nil {
+		// -dir names the directory of an earlier run: start afresh.
+		if err := d.g.DeleteVolume(ctx, volName); err != nil {
+			return err
+		}
+		d.say("deleted volume %s left by an earlier run (%v)", volName, since(t))
+		t = time.Now()
+	}
+	v, err := d.g.AddVolume(ctx, volName, group.VolumeOptions{Size: size, LogSize: int64(d.opt.LogMiB) << 20})
+	if err != nil {
+		return err
+	}
+	d.v = v
+	dev := v.Device()
+	st, err := d.ctl.GetState(ctx, v.Storage(), volName)
+	if err != nil {
+		return err
+	}
+	d.say("created volume %s: %s data device, %s log device, %d-byte blocks, log uuid %s; storage %s: %s (%v)",
+		volName, mib(size), mib(int64(d.opt.LogMiB)<<20), dev.PBS(), dev.UUID(), v.Storage().Name, st, since(t))
+	d.say("  device %s is exported read-write at %s", v.DevicePath(), v.NBDURI())
+
+	// Some data before the backup, so that the full copy has something to
+	// carry.
+	if err := d.burst("initial data", dev); err != nil {
+		return err
+	}
+
+	// The full backup copies the image while a writer keeps writing; the
+	// logs of those writes reach the archive through the proxy, and the
+	// backup's snapshot includes them.
+	t = time.Now()
+	w := d.startWriter(dev)
+	gid0, err := v.FullBackup(ctx)
+	n, bytes, werr := w.stop()
+	if err != nil {
+		return errors.WithMessage(err, "demo: full backup")
+	}
+	if werr != nil {
+		return errors.Wrap(werr, "demo: write during the full backup")
+	}
+	base, err := d.ctl.GetBase(ctx, d.g.Primary(), volName)
+	if err != nil {
+		return err
+	}
+	d.say("full backup to %s while writing (%d writes, %s, during the copy): restorable at gid %d, base %s (%v)",
+		d.g.Primary().Name, n, mib(bytes), gid0, base.SnapB, since(t))
+	st, err = d.ctl.GetState(ctx, v.Storage(), volName)
+	if err != nil {
+		return err
+	}
+	d.say("  storage %s: %s, every write now flows storage -> proxy -> archive; %s", v.Storage().Name, st, lsids(dev))
+
+	// Bursts and snapshots; the second burst goes through NBD, as any
+	// NBD client (qemu, nbdcopy, the kernel's nbd) would write.
+	var snaps []snap
+	for i := 1; i <= d.opt.Snapshots; i++ {
+		var w io.WriterAt = dev
+		what := fmt.Sprintf("burst %d", i)
+		var c *nbd.Client
+		if i == 2 && d.g.DeviceNBDAddr() != "" {
+			if c, err = nbd.Dial(ctx, "tcp", d.g.DeviceNBDAddr(), nbd.ClientOptions{Export: volName}); err != nil {
+				return errors.Wrap(err, "demo: NBD client")
+			}
+			w, what = c, what+" through NBD"
+		}
+		err := d.burst(what, w)
+		if c != nil {
+			if err == nil {
+				err = c.Flush()
+			}
+			if cerr := c.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		t := time.Now()
+		gid, err := v.Snapshot(ctx)
+		if err != nil {
+			return errors.WithMessagef(err, "demo: snapshot %d", i)
+		}
+		took := since(t)
+		sum, err := deviceSum(dev)
+		if err != nil {
+			return err
+		}
+		snaps = append(snaps, snap{gid, sum})
+		d.say("snapshot %d: gid %d restorable at %s (%v); device sha256 %x...; %s", i, gid, d.g.Primary().Name, took, sum[:8], lsids(dev))
+	}
+
+	if err := d.archiveState(ctx, "archive"); err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if err := d.restore(ctx, s); err != nil {
+			return err
+		}
+	}
+
+	// Apply the diffs up to the middle snapshot to the base: the older
+	// snapshots go, the newer ones stay restorable from the new base.
+	applied := snaps[len(snaps)/2-1]
+	t = time.Now()
+	if err := d.v.Apply(ctx, applied.gid); err != nil {
+		return errors.WithMessagef(err, "demo: apply gid %d", applied.gid)
+	}
+	d.say("applied the diffs up to gid %d to the base image (%v)", applied.gid, since(t))
+	if err := d.archiveState(ctx, "after apply"); err != nil {
+		return err
+	}
+	verified := len(snaps)
+	for _, s := range snaps {
+		if s.gid >= applied.gid {
+			if err := d.restore(ctx, s); err != nil {
+				return err
+			}
+			verified++
+		}
+	}
+	d.say("OK: %d restores of %d snapshots matched the device bit for bit (%v in all)", verified, len(snaps), since(d.start))
+	return nil
+}
+
+// burst writes BurstWrites random blocks to w.
+func (d *demo) burst(what string, w io.WriterAt) error {
+	t := time.Now()
+	size := int64(d.opt.DeviceMiB) << 20
+	var bytes int64
+	for range d.opt.BurstWrites {
+		n, off := randomWrite(d.rng, d.buf, size)
+		if _, err := w.WriteAt(d.buf[:n], off); err != nil {
+			return errors.Wrapf(err, "demo: %s: write %d bytes at %d", what, n, off)
+		}
+		bytes += int64(n)
+	}
+	d.say("%s: %d random writes, %s (%v)", what, d.opt.BurstWrites, mib(bytes), since(t))
+	return nil
+}
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x5741_4c42)) }
+
+// randomWrite fills a random prefix of buf with random bytes and picks a
+// 4 KiB-aligned offset for it.
+func randomWrite(rng *rand.Rand, buf []byte, size int64) (int, int64) {
+	n := (1 + rng.IntN(len(buf)/4096)) * 4096
+	off := rng.Int64N((size-int64(n))/4096+1) * 4096
+	for i := 0; i < n; i += 8 {
+		v := rng.Uint64()
+		for j := range 8 {
+			buf[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return n, off
+}
+
+// writer writes to the device until stopped.
+type writer struct {
+	quit  chan struct{}
+	wg    sync.WaitGroup
+	n     int
+	bytes int64
+	err   error
+}
+
+func (d *demo) startWriter(dev *walb.Device) *writer {
+	w := &writer{quit: make(chan struct{})}
+	rng := rand.New(rand.NewPCG(d.opt.Seed, 0xfeed))
+	buf := make([]byte, len(d.buf))
+	size := dev.Size()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for {
+			select {
+			case <-w.quit:
+				return
+			default:
+			}
+			n, off := randomWrite(rng, buf, size)
+			if _, err := dev.WriteAt(buf[:n], off); err != nil {
+				w.err = err
+				return
+			}
+			w.n++
+			w.bytes += int64(n)
+			// A steady stream rather than a flood, so that the log keeps
+			// up with the copy.
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return w
+}
+
+func (w *writer) stop() (int, int64, error) {
+	close(w.quit)
+	w.wg.Wait()
+	return w.n, w.bytes, w.err
+}
+
+// restore restores s at the primary archive, compares the image with the
+// device's sum at the snapshot, and deletes it.
+func (d *demo) restore(ctx context.Context, s snap) error {
+	t := time.Now()
+	img, err := d.v.Restore(ctx, s.gid)
+	if err != nil {
+		return errors.WithMessagef(err, "demo: restore gid %d", s.gid)
+	}
+	took := since(t)
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return errors.Wrap(err, "demo: open the restored image")
+	}
+	sum, err := readerSum(f, d.v.Size())
+	f.Close()
+	if err != nil {
+		return errors.Wrap(err, "demo: read the restored image")
+	}
+	if sum != s.sum {
+		return errors.Wrapf(ErrMismatch, "gid %d: restored sha256 %x, device %x", s.gid, sum, s.sum)
+	}
+	where := img.Path
+	if uri := d.g.RestoredURI(d.g.Primary(), img); uri != "" {
+		where += ", " + uri
+	}
+	d.say("restored gid %d (%v): %s image, sha256 %x... matches snapshot (%s)", s.gid, took, mib(d.v.Size()), sum[:8], where)
+	if err := d.ctl.DelRestored(ctx, d.g.Primary(), volName, s.gid); err != nil {
+		return errors.WithMessagef(err, "demo: delete restored gid %d", s.gid)
+	}
+	return nil
+}
+
+// archiveState prints the archive's base, diffs and restorable snapshots.
+func (d *demo) archiveState(ctx context.Context, what string) error {
+	a0 := d.g.Primary()
+	base, err := d.ctl.GetBase(ctx, a0, volName)
+	if err != nil {
+		return err
+	}
+	diffs, err := d.ctl.GetDiffList(ctx, a0, volName, 0, controller.LatestGid)
+	if err != nil {
+		return err
+	}
+	var total uint64
+	for _, df := range diffs {
+		total += df.DataSize
+	}
+	gids, err := d.v.Restorable(ctx)
+	if err != nil {
+		return err
+	}
+	d.say("%s %s: base %s, %d wdiffs (%s), restorable gids %v", what, a0.Name, base.SnapB, len(diffs), mib(int64(total)), gids)
+	return nil
+}
+
+func (d *demo) say(format string, args ...any) {
+	fmt.Fprintf(d.out, "[%6.2fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func lsids(dev *walb.Device) string {
+	l := dev.Lsids()
+	return fmt.Sprintf("lsids oldest %d, permanent %d, latest %d (log %d of %d blocks in use)",
+		l.Oldest, l.Permanent, l.Latest, dev.LogUsage(), dev.LogCapacity())
+}
+
+func deviceSum(dev *walb.Device) ([32]byte, error) {
+	sum, err := readerSum(dev, dev.Size())
+	return sum, errors.Wrap(err, "demo: read the device")
+}
 
 func readerSum(r io.ReaderAt, size int64) ([32]byte, error) {
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(r, 0, size)); err != nil {
 		return [32]byte{}, err
 	}
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s, nil
+	return [32]byte(h.Sum(nil)), nil
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func since(t time.Time) time.Duration {
+	d := time.Since(t)
+	if d > time.Second {
+		return d.Round(10 * time.Millisecond)
+	}
+	return d.Round(time.Millisecond)
 }
