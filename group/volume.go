@@ -330,7 +330,7 @@ func (g *Group) openDevice(ctx context.Context, st *storageNode, name, dir strin
 		return nil, errors.WithMessagef(err, "group: open device %s", name)
 	}
 	v := &Volume{g: g, name: name, st: st, dir: dir, dev: dev}
-	st.devs.Add(v.DevicePath(), storageDevice{storage.WalbDevice{D: dev}})
+	st.devs.Add(v.DevicePath(), storage.WalbDevice{D: dev})
 	if g.devNBD != nil {
 		desc := fmt.Sprintf("walb device %s (storage %s, %d bytes)", name, st.name, dev.Size())
 		if err := g.devNBD.srv.AddExport(name, dev, false, desc); err != nil {

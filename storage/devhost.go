@@ -95,6 +95,11 @@ func (d *devhostDevice) Lsids(ctx context.Context) (walb.Lsids, error) {
 	return d.ctl.Lsids(ctx, d.name)
 }
 
+// TakeCheckpoint implements Checkpointer.
+func (d *devhostDevice) TakeCheckpoint(ctx context.Context) error {
+	return d.ctl.TakeCheckpoint(ctx, d.name)
+}
+
 // SetOldestLsid implements Device.
 func (d *devhostDevice) SetOldestLsid(ctx context.Context, lsid uint64) error {
 	return d.ctl.SetOldestLsid(ctx, d.name, lsid)

@@ -10,6 +10,14 @@ import (
 	"github.com/walb-go/walb/wlog"
 )
 
+// Checkpointer is implemented by devices that can sync their super sector on
+// demand, which advances prev_written to written. The storage uses it to
+// release acknowledged log at once instead of waiting for the device's next
+// periodic checkpoint (every 10 s on a kernel device).
+type Checkpointer interface {
+	TakeCheckpoint(ctx context.Context) error
+}
+
 // Device is what the storage needs of a WalB device. It is implemented for
 // an in-process userspace device by WalbDevice; a device host (package
 // devhost) or a kernel device provides the same operations remotely. Every
@@ -72,6 +80,9 @@ func (w WalbDevice) Lsids(context.Context) (walb.Lsids, error) {
 	}
 	return w.D.Lsids(), nil
 }
+
+// TakeCheckpoint implements Checkpointer.
+func (w WalbDevice) TakeCheckpoint(_ context.Context) error { return w.D.TakeCheckpoint() }
 
 // SetOldestLsid implements Device.
 func (w WalbDevice) SetOldestLsid(_ context.Context, lsid uint64) error {

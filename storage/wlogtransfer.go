@@ -137,6 +137,17 @@ func oldestFirst(frontToBack []meta.LsidGid) []meta.LsidGid {
 // releaseLocked erases the log up to min(done, prev_written) and reports
 // whether acknowledged log remains that prev_written still holds back.
 func (s *Storage) releaseLocked(ctx context.Context, v *volume, dev Device, l walb.Lsids) (bool, error) {
+	if cp, ok := dev.(Checkpointer); ok && l.PrevWritten < v.done.Lsid && l.PrevWritten < l.Written {
+		// Acknowledged log is held back only because the last checkpoint
+		// is old: take one now (data device flush + super sector sync).
+		if err := cp.TakeCheckpoint(ctx); err != nil {
+			return false, errors.WithMessagef(err, "volume %s: checkpoint", v.name)
+		}
+		var err error
+		if l, err = dev.Lsids(ctx); err != nil {
+			return false, err
+		}
+	}
 	target := min(v.done.Lsid, l.PrevWritten)
 	oldest := l.Oldest
 	if oldest < target {
