@@ -42,10 +42,32 @@ func TestParseFlags(t *testing.T) {
 			require.Len(t, c.suites, len(allSuites))
 			require.Equal(t, 1, c.count)
 			require.GreaterOrEqual(t, c.workers, 1)
+			require.EqualValues(t, 2<<30, c.devSize)
+			require.EqualValues(t, 1<<30, c.ldevSize)
+			require.EqualValues(t, 1<<30, c.nbdSize)
+			require.Len(t, c.sweep, len(strings.Fields(defaultSweep)))
 		}},
 		{name: "quick", args: []string{"-quick"}, check: func(t *testing.T, c config) {
 			require.EqualValues(t, 64<<20, c.size)
+			require.EqualValues(t, 256<<20, c.devSize)
+			require.EqualValues(t, 256<<20, c.nbdSize)
 		}},
+		{name: "device and nbd", args: []string{"-suites", "device,nbd", "-devsize", "64M", "-ldev", "16M", "-nbdsize", "32M",
+			"-devsweep", "flushmb=16,pendingmb=128 gcdelay=1ms flushmb=16,pendingmb=128"}, check: func(t *testing.T, c config) {
+			require.Equal(t, map[string]bool{"device": true, "nbd": true}, c.suites)
+			require.EqualValues(t, 64<<20, c.devSize)
+			require.EqualValues(t, 16<<20, c.ldevSize)
+			require.EqualValues(t, 32<<20, c.nbdSize)
+			require.Equal(t, []devOptions{{flushMB: 16, pendingMB: 128}, {gcDelay: time.Millisecond}}, c.sweep)
+			require.EqualValues(t, 4<<30+16<<20, c.diskNeed(), "the 4 GiB data device and the log")
+		}},
+		{name: "no sweep", args: []string{"-devsweep", "none"}, check: func(t *testing.T, c config) {
+			require.Empty(t, c.sweep)
+		}},
+		{name: "zero device option", args: []string{"-devsweep", "flushmb=0"}, wantErr: true},
+		{name: "unknown device option", args: []string{"-devsweep", "flushmb=4,depth=3"}, wantErr: true},
+		{name: "devsize not in MiB", args: []string{"-devsize", "1000K"}, wantErr: true},
+		{name: "zero nbdsize", args: []string{"-nbdsize", "0"}, wantErr: true},
 		{name: "size and suites", args: []string{"-size", "2G", "-suites", "convert,apply", "-count", "3"}, check: func(t *testing.T, c config) {
 			require.EqualValues(t, 2<<30, c.size)
 			require.Equal(t, map[string]bool{"convert": true, "apply": true}, c.suites)
@@ -151,7 +173,7 @@ func TestGenLog(t *testing.T) {
 	}
 }
 
-// TestHarness runs every suite at a tiny size and checks the report's
+// TestHarness runs the wdiff suites at a tiny size and checks the report's
 // lines and that the files the tools made are right: every converted wdiff
 // and the image the apply suite wrote equal the log replayed with
 // wlog.Redo, and the merged wdiff equals the four merge logs replayed in
@@ -162,7 +184,7 @@ func TestHarness(t *testing.T) {
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	cfg := config{size: 8 << 20, device: device, workers: 2, count: 1, dir: t.TempDir(), keep: true,
 		suites: map[string]bool{}}
-	for _, s := range allSuites {
+	for _, s := range []string{"baselines", "convert", "merge", "apply"} {
 		cfg.suites[s] = true
 	}
 	var out bytes.Buffer
@@ -212,6 +234,73 @@ func TestHarness(t *testing.T) {
 		}
 		require.Equal(t, redoImage(t, device, logs...), applyImage(t, device, filepath.Join(dir, w.name+".merged.wdiff")),
 			"%s merged wdiff", w.name)
+	}
+}
+
+// TestHarnessDeviceNBD runs the device and nbd suites at a tiny size. The
+// suites themselves check what they wrote: the sequential data on the data
+// device after every device run, and every copy through an NBD export
+// against its source. Without qemu-img the nbd suite is left out, unless
+// the CI environment variable is set, where it must run.
+func TestHarnessDeviceNBD(t *testing.T) {
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	withNBD := true
+	if err := needTools("qemu-img", "qemu-nbd"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and the nbd suite cannot run: %v", err)
+		}
+		t.Logf("nbd suite left out: %v", err)
+		withNBD = false
+	}
+	sweep, err := parseSweep("flushmb=1 gcdelay=50us")
+	require.NoError(t, err)
+	cfg := config{size: 8 << 20, device: 64 << 20, devSize: 16 << 20, ldevSize: 8 << 20, nbdSize: 16 << 20, sweep: sweep,
+		workers: 2, count: 1, dir: t.TempDir(), suites: map[string]bool{"device": true, "nbd": withNBD}}
+	var out bytes.Buffer
+	_, err = run(context.Background(), cfg, &out, io.Discard)
+	require.NoError(t, err)
+	report := out.String()
+	t.Log("\n" + report)
+
+	rate := ` +\d+\.\d MB/s`
+	iops := rate + ` +\d+ IOPS`
+	ratios := ` +\d+\.\d\dx durable \d+\.\d\dx page cache +peak RSS +\d+ MiB +\d+\.\d\d s, cpu +\d+\.\d\d s, others +\d+\.\d\d s`
+	devNote := ` +\(writes [\d.]+ s \+ Flush [\d.]+ s; Close [\d.]+ s, [\d.]+ MB/s with it; log [\d.]+ MB\)`
+	lines := []string{
+		`device suite: walb.Device \(pbs 4096\) over a 64 MiB data device file and a 8 MiB log device file`,
+		`raw seq 1M durable` + rate + ` .*\(writes [\d.]+ s \+ fdatasync [\d.]+ s\)`,
+		`raw seq 1M page cache` + rate + ` .*\(no sync\)`,
+		`device seq 1M` + rate + ratios + devNote,
+		`raw rand 4K x32 durable` + iops,
+		`raw rand 4K x32 page cache` + iops,
+		`device rand 4K x32` + iops + ratios + devNote,
+		`device seq 1M flushmb=1` + rate + ratios,
+		`device seq 1M gcdelay=50µs` + rate + ratios,
+		`device rand 4K x32 flushmb=1` + iops + ratios,
+		`device rand 4K x32 gcdelay=50µs` + iops + ratios,
+		`device seq 1M default again` + rate + ratios + devNote,
+		`device rand 4K x32 default again` + iops + ratios + devNote,
+		`device sweep seq 1M: default` + rate + ` \(best of` + rate + ` and` + rate + ` after the sweep\); (best|no option)`,
+		`device sweep rand 4K x32: default` + rate + ` = \d+ IOPS \(best of .* after the sweep\); (best|no option)`,
+		`device targets: seq 1M >= 45% of raw durable MB/s: default \d+\.\d\dx (ok|MISS)`,
+		` +rand 4K x32 >= 40% of raw durable IOPS: default \d+\.\d\dx (ok|MISS)`,
+	}
+	if withNBD {
+		nbdRate := rate + ` +\d+\.\d\dx qemu-nbd +\d+\.\d\d s; server cpu +[\d.]+ s, peak RSS +\d+ MiB; qemu-img cpu +[\d.]+ s, others +[\d.]+ s`
+		lines = append(lines,
+			`nbd suite: qemu-img version \S+ .*copies 16 MiB of random data into and out of a 16 MiB export`,
+			`nbd write qemu-nbd`+nbdRate+`$`,
+			// qemu-img -t writeback must end the copy with a flush.
+			`nbd write nbd.Server FileBackend`+nbdRate+` +\(requests: \d+ writes of [\d.]+ MiB, 1 flushes; up to \d+ in flight\)`,
+			`nbd write nbd.Server walb.Device`+nbdRate+` +\(requests: \d+ writes of [\d.]+ MiB, 1 flushes; up to \d+ in flight; Close [\d.]+ s\)`,
+			`nbd read qemu-nbd`+nbdRate+`$`,
+			`nbd read nbd.Server FileBackend`+nbdRate+` +\(requests: \d+ reads of [\d.]+ MiB; up to \d+ in flight\)`,
+			`nbd read nbd.Server walb.Device`+nbdRate+` +\(requests: \d+ reads of [\d.]+ MiB; up to \d+ in flight; Close [\d.]+ s\)`,
+			`nbd targets: walb.Device export >= 50% of qemu-nbd: write \d+\.\d\dx (ok|MISS), read \d+\.\d\dx (ok|MISS)`,
+		)
+	}
+	for _, l := range lines {
+		require.Regexp(t, regexp.MustCompile(`(?m)^`+l), report)
 	}
 }
 

@@ -1,15 +1,61 @@
-// Command bench measures the wdiff tools against the machine's own limits:
+// Command bench measures the SDK against the machine's own limits:
 //
-//	go run ./bench                       # 768 MiB per workload, every suite
-//	go run ./bench -quick                # 64 MiB
+//	go run ./bench                       # every suite at the default sizes
+//	go run ./bench -quick                # smaller sizes
 //	go run ./bench -suites convert,apply -count 5 -cpuprofile /tmp/prof
+//	go run ./bench -suites device,nbd -devsweep "flushmb=64 pendingmb=256,flushmb=64"
 //
-// It generates deterministic wlogs (two workloads: random 4 KiB writes and
+// # Suites
+//
+// baselines, convert, merge, apply (the wdiff tools): it generates
+// deterministic wlogs of -size (two workloads: random 4 KiB writes and
 // mostly sequential 4-64 KiB writes, about half compressible), then times
 // wlog-to-wdiff (none, snappy, zstd), wdiff-merge of four snappy wdiffs
 // and wdiff-redo onto a sparse image, next to memmove and raw file
 // write/read baselines, and checks the results against the C++
-// walb-tools targets.
+// walb-tools targets. Counted bytes: convert = the input wlog file; merge
+// = io_blocks*512 of the inputs' normal records; apply = io_blocks*512 of
+// the wdiff's normal records; baselines = bytes moved. Every rate is also
+// given as a ratio to the raw file write of the same run.
+//
+// device: walb.Device writes against raw writes to the same files. A data
+// device file of -device bytes and a log device file of -ldev bytes are
+// zero-filled and synced first (so every write overwrites allocated
+// blocks, as on a block device). Every run writes -devsize bytes in one
+// of two patterns: seq 1M (1 MiB writes from offset 0, one at a time) and
+// rand 4K x32 (4 KiB writes at uniformly random aligned offsets over the
+// data device, from 32 goroutines). Raw runs pwrite to the data device
+// file and come in two lines: durable (one fdatasync at the end) and page
+// cache (no sync at all). Device runs format the log, open the device,
+// write through WriteAt and end with Flush, which makes every write
+// durable in the log; the data device is synced by checkpoints, so the
+// Close that follows (apply, checkpoint) is timed apart and not counted.
+// Counted bytes are the data the caller wrote (headers and the second copy
+// are the device's cost); rand lines also give IOPS. Each device line
+// gives its ratio to both raw lines, and the targets compare with the
+// durable one (seq >= 45%, rand IOPS >= 40%). The suite then repeats the
+// device runs with each option set of -devsweep (walb.Options
+// LogFlushIntervalMB, LogFlushInterval, MaxPendingMB, MaxLogpackKB,
+// GroupCommitDelay, GroupCommitDepth), one option at a time by default,
+// and with the best value of every option that gained 3% or more
+// combined; it prints the best set and the option that made the
+// difference. After every sequential device run the data device is read
+// back and checked.
+//
+// nbd: qemu-img convert copies -nbdsize bytes of random data into an
+// export (-n -T writeback -t writeback, so it ends with NBD_CMD_FLUSH) and
+// out of it into a local file (-t unsafe, so the local disk is not
+// timed), over TCP on 127.0.0.1. Three servers export the same data file:
+// qemu-nbd (-f raw --persistent --cache=writeback), our nbd.Server with
+// nbd.FileBackend, and our nbd.Server with a walb.Device over the file and
+// a -ldev log file; the difference between the last two is the WAL's cost,
+// between the first two the server's own. The data file is zero-filled
+// before every write run, and every copy is compared with its source.
+// Counted bytes are the image; the time is qemu-img's wall time, from its
+// start to its exit. Our servers count the requests qemu-img sends (sizes,
+// flushes, concurrency). The target: the walb.Device export reaches 50%
+// of qemu-nbd both ways. The suite is skipped, saying so, when qemu-img or
+// qemu-nbd is missing.
 //
 // # Method
 //
@@ -18,13 +64,14 @@
 // parent times the child's whole life (exec included, a few ms) and reads
 // its peak RSS (ru_maxrss) and CPU time from wait4's rusage, so every
 // figure belongs to that one operation. Tools run through internal/cli,
-// the very code of cmd/, with its fsync of outputs.
+// the very code of cmd/, with its fsync of outputs. The device and nbd
+// suites time the operation by the child's own clock instead (opening and
+// closing devices and servers excluded) and have the child report further
+// figures (phase times, the rusage of the server and of qemu-img, request
+// counts) in a stats file. Before every run the harness syncs and pauses
+// (-settle), so that writeback of earlier steps does not run into it.
 //
-// MB/s is 1e6 bytes per second of counted bytes: the input wlog file for
-// convert, the uncompressed bytes (io_blocks*512) of the inputs' normal
-// records for merge and of the wdiff's normal records for apply. Every
-// rate is also given as a ratio to the raw file write measured in the same
-// run, which makes runs on different disks comparable.
+// MB/s is 1e6 bytes per second of counted bytes.
 //
 // All files live in a fresh directory under -dir, removed at the end
 // unless -keep.

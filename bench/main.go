@@ -43,7 +43,7 @@ func main() {
 }
 
 // Suites, in the order they run.
-var allSuites = []string{"baselines", "convert", "merge", "apply"}
+var allSuites = []string{"baselines", "convert", "merge", "apply", "device", "nbd"}
 
 // config is the parsed command line.
 type config struct {
@@ -57,6 +57,11 @@ type config struct {
 	cold    bool          // drop the inputs' page cache before every run
 	profile string        // directory for the children's CPU profiles
 	settle  time.Duration // pause after the sync before every run
+
+	devSize  int64        // bytes written by every device suite run
+	ldevSize int64        // log device of the device and nbd suites
+	nbdSize  int64        // bytes copied by every nbd suite run
+	sweep    []devOptions // device options tried besides the defaults
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -64,8 +69,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	size := fs.String("size", "768M", "normal IO data per workload log (K, M, G suffixes; a multiple of 1 MiB)")
-	quick := fs.Bool("quick", false, "a quick run: -size 64M")
-	device := fs.String("device", "4G", "size of the simulated device and of the apply image")
+	quick := fs.Bool("quick", false, "a quick run: -size 64M -devsize 256M -nbdsize 256M")
+	device := fs.String("device", "4G", "size of the simulated device, of the apply image and of the device suite's data device")
+	devSize := fs.String("devsize", "2G", "data written by every run of the device suite")
+	ldev := fs.String("ldev", "1G", "log device size of the device and nbd suites")
+	nbdSize := fs.String("nbdsize", "1G", "data copied by every run of the nbd suite (and its export size)")
+	sweep := fs.String("devsweep", defaultSweep, "device options to try besides the defaults: space-separated sets of comma-separated "+
+		devOptionsUsage+" (\"none\": no sweep)")
 	suites := fs.String("suites", strings.Join(allSuites, ","), "comma-separated suites to run: "+strings.Join(allSuites, ", "))
 	fs.IntVar(&cfg.workers, "workers", runtime.GOMAXPROCS(0), "compression goroutines for convert and merge")
 	fs.IntVar(&cfg.count, "count", 1, "runs of each operation; the report gives the best and the median")
@@ -85,13 +95,20 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, errors.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
 	if *quick {
-		*size = "64M"
+		*size, *devSize, *nbdSize = "64M", "256M", "256M"
 	}
 	var err error
-	if cfg.size, err = parseMiB("-size", *size); err != nil {
-		return cfg, err
+	for _, f := range []struct {
+		name string
+		val  string
+		dst  *int64
+	}{{"-size", *size, &cfg.size}, {"-device", *device, &cfg.device}, {"-devsize", *devSize, &cfg.devSize},
+		{"-ldev", *ldev, &cfg.ldevSize}, {"-nbdsize", *nbdSize, &cfg.nbdSize}} {
+		if *f.dst, err = parseMiB(f.name, f.val); err != nil {
+			return cfg, err
+		}
 	}
-	if cfg.device, err = parseMiB("-device", *device); err != nil {
+	if cfg.sweep, err = parseSweep(*sweep); err != nil {
 		return cfg, err
 	}
 	for _, s := range strings.Split(*suites, ",") {
@@ -161,9 +178,9 @@ func run(ctx context.Context, cfg config, out, log io.Writer) (string, error) {
 	if err != nil {
 		return dir, err
 	}
-	if need := 7 * cfg.size; free < need {
-		return dir, errors.Errorf("bench: %s has %s free; -size %s needs about %s (use -dir or a smaller -size)",
-			dir, mib(free), mib(cfg.size), mib(need))
+	if need := cfg.diskNeed(); free < need {
+		return dir, errors.Errorf("bench: %s has %s free; the suites need about %s (use -dir or smaller sizes)",
+			dir, mib(free), mib(need))
 	}
 	b.header(free)
 	logs := map[string]logInfo{}
@@ -207,8 +224,33 @@ func run(ctx context.Context, cfg config, out, log io.Writer) (string, error) {
 			}
 		}
 	}
+	if cfg.suites["device"] {
+		if err := b.device(ctx); err != nil {
+			return dir, err
+		}
+	}
+	if cfg.suites["nbd"] {
+		if err := b.nbd(ctx); err != nil {
+			return dir, err
+		}
+	}
 	b.targets()
 	return dir, nil
+}
+
+// diskNeed is about the most the selected suites hold on disk at once.
+func (c config) diskNeed() int64 {
+	var need int64
+	if c.suites["baselines"] || c.suites["convert"] || c.suites["merge"] || c.suites["apply"] {
+		need = 7 * c.size
+	}
+	if c.suites["device"] {
+		need = max(need, c.device+c.ldevSize)
+	}
+	if c.suites["nbd"] {
+		need = max(need, 3*c.nbdSize+c.ldevSize)
+	}
+	return need
 }
 
 func (b *bench) path(name string) string { return filepath.Join(b.dir, name) }

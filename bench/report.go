@@ -11,20 +11,24 @@ func (b *bench) header(free int64) {
 	c := b.cfg
 	fmt.Fprintf(b.out, "walb-go bench: %d CPUs (GOMAXPROCS %d), %s %s/%s; work dir %s (%s free)\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, b.dir, mib(free))
-	for i, w := range workloads {
-		fmt.Fprintf(b.out, "workload %-9s %s of %s over a %s device (pbs %d, salt/uuid fixed, seed %d)\n",
-			w.name+":", mib(c.size), w.about, mib(c.device), benchPBS, i+1)
+	// The workload and tool lines describe the wdiff suites alone.
+	wdiff := c.suites["baselines"] || c.suites["convert"] || c.suites["merge"] || c.suites["apply"]
+	if wdiff {
+		for i, w := range workloads {
+			fmt.Fprintf(b.out, "workload %-9s %s of %s over a %s device (pbs %d, salt/uuid fixed, seed %d)\n",
+				w.name+":", mib(c.size), w.about, mib(c.device), benchPBS, i+1)
+		}
+		fmt.Fprintln(b.out, "  data: each 4 KiB block half random, half a repeated word; 1 IO in 64 all zeros; a discard after 1 IO in 256")
+		fmt.Fprintln(b.out, "rates: MB/s = 1e6 bytes/s of counted bytes over the wall time of a child process running the one operation")
+		fmt.Fprintln(b.out, "  counted: convert = the input wlog file; merge = io_blocks*512 of the 4 inputs' normal records;")
+		fmt.Fprintln(b.out, "  apply = io_blocks*512 of the wdiff's normal records; baselines = bytes moved")
+		cache := "warm (files just written)"
+		if c.cold {
+			cache = "dropped before every run (fadvise DONTNEED)"
+		}
+		fmt.Fprintf(b.out, "  tools: wlog-to-wdiff, wdiff-merge, wdiff-redo of internal/cli (outputs fsynced); -cmpr CODEC:0:%d;"+
+			" inputs' page cache %s\n", c.workers, cache)
 	}
-	fmt.Fprintln(b.out, "  data: each 4 KiB block half random, half a repeated word; 1 IO in 64 all zeros; a discard after 1 IO in 256")
-	fmt.Fprintln(b.out, "rates: MB/s = 1e6 bytes/s of counted bytes over the wall time of a child process running the one operation")
-	fmt.Fprintln(b.out, "  counted: convert = the input wlog file; merge = io_blocks*512 of the 4 inputs' normal records;")
-	fmt.Fprintln(b.out, "  apply = io_blocks*512 of the wdiff's normal records; baselines = bytes moved")
-	cache := "warm (files just written)"
-	if c.cold {
-		cache = "dropped before every run (fadvise DONTNEED)"
-	}
-	fmt.Fprintf(b.out, "  tools: wlog-to-wdiff, wdiff-merge, wdiff-redo of internal/cli (outputs fsynced); -cmpr CODEC:0:%d;"+
-		" inputs' page cache %s\n", c.workers, cache)
 	runs := "1 run per operation"
 	if c.count > 1 {
 		runs = fmt.Sprintf("best of %d runs, median in parentheses", c.count)
@@ -34,7 +38,10 @@ func (b *bench) header(free int64) {
 	if c.settle > 0 {
 		settle = fmt.Sprintf("before every run: sync, then a %s pause to let writeback settle", c.settle)
 	}
-	fmt.Fprintf(b.out, "  ratios are to the raw file write baseline of this run; %s\n", settle)
+	if wdiff {
+		settle = "ratios are to the raw file write baseline of this run; " + settle
+	}
+	fmt.Fprintf(b.out, "  %s\n", settle)
 }
 
 // emit prints one measured line and remembers it for the targets.

@@ -178,5 +178,5 @@ func openLog(path, baseDir string, debug bool) (*slog.Logger, func(), error) {
 	if debug {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})), closeFn, nil
+	return slog.New(server.NewLogHandler(w, level)), closeFn, nil
 }

@@ -88,7 +88,7 @@ func run(args []string, stderr io.Writer) int {
 		defer f.Close()
 		logw = f
 	}
-	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(server.NewLogHandler(logw, level))
 
 	addr := *port
 	if _, err := strconv.ParseUint(addr, 10, 16); err == nil {

@@ -159,7 +159,7 @@ func configure(f flags, stderr io.Writer) (server.Config, storage.Config, func()
 	if f.debug {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(server.NewLogHandler(logw, level))
 
 	wopts := &wire.Options{IOTimeout: time.Duration(to) * time.Second}
 	if f.ka {

@@ -398,7 +398,7 @@ func Walbc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	e.opts = controller.Options{ClientID: id, Wire: wo, Retries: retries,
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+		Logger: slog.New(server.NewLogHandler(stderr, level))}
 	e.client = controller.NewClient(e.addr, &e.opts)
 	return e.run(ctx, cmd)
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"github.com/walb-go/walb/server"
 	"io"
 	"log/slog"
 	"os"
@@ -46,7 +47,7 @@ func WalbDev(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if debug {
 		level = slog.LevelDebug
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = slog.New(server.NewLogHandler(logw, level))
 	return devhost.Run(ctx, cfg)
 }
 
