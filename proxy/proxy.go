@@ -90,8 +90,7 @@ type Proxy struct {
 	// network is tried again; tests shorten it.
 	exceptionRetry time.Duration
 
-	fgMu sync.Mutex
-	fg   int
+	fg *server.Slots
 
 	mu      sync.Mutex
 	volumes map[string]*volume
@@ -167,7 +166,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Logger, volumes: map[string]*volume{}, exceptionRetry: exceptionRetry}
+	p := &Proxy{cfg: cfg, log: cfg.Logger, fg: server.NewSlots(cfg.MaxForeground), volumes: map[string]*volume{}, exceptionRetry: exceptionRetry}
 	p.vols = server.NewVolumes(States, cfg.Logger)
 	if cfg.Tasks != nil {
 		p.tasks = cfg.Tasks
@@ -371,17 +370,7 @@ func (p *Proxy) foreground() (func(), error) {
 	if p.cfg.Foreground != nil {
 		return p.cfg.Foreground()
 	}
-	p.fgMu.Lock()
-	defer p.fgMu.Unlock()
-	if p.fg >= p.cfg.MaxForeground {
-		return nil, errors.Wrapf(server.ErrTooManyTasks, "%d running", p.fg)
-	}
-	p.fg++
-	return sync.OnceFunc(func() {
-		p.fgMu.Lock()
-		p.fg--
-		p.fgMu.Unlock()
-	}), nil
+	return p.fg.Take()
 }
 
 // taskKey names the send task of (vol, archive); neither name can hold a

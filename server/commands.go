@@ -74,9 +74,7 @@ func (s *Server) cmdStatus(ctx context.Context, c *wire.Conn, args []string) err
 
 // statusLines describes the framework's state.
 func (s *Server) statusLines() []string {
-	s.fgMu.Lock()
-	fg := s.fg
-	s.fgMu.Unlock()
+	fg := s.fg.InUse()
 	lines := []string{
 		fmt.Sprintf("server\tid:%s\thostType:%s\tversion:%s\taddr:%s\tstartTime:%s\tuptime:%s",
 			s.cfg.ID, s.cfg.HostType, s.cfg.Version, s.Addr(), s.start.UTC().Format(time.RFC3339),

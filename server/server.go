@@ -134,8 +134,7 @@ type Server struct {
 	sem         chan struct{}
 	nconns      atomic.Int64
 
-	fgMu sync.Mutex
-	fg   int
+	fg *Slots
 
 	stats handlerStats
 }
@@ -176,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Wire = &o
 	}
 	s := &Server{
+		fg:       NewSlots(cfg.MaxForeground),
 		cfg:      cfg,
 		log:      cfg.Logger.With("server", cfg.ID),
 		handlers: map[string]Handler{},
@@ -391,19 +391,7 @@ func (s *Server) Go(name string, fn func(ctx context.Context)) {
 // Foreground takes one of the MaxForeground foreground slots (a transfer or
 // a long action, walb-tools -fg). It fails at once with ErrTooManyTasks
 // when all are taken; release (idempotent) gives the slot back.
-func (s *Server) Foreground() (release func(), err error) {
-	s.fgMu.Lock()
-	defer s.fgMu.Unlock()
-	if s.fg >= s.cfg.MaxForeground {
-		return nil, errors.Wrapf(ErrTooManyTasks, "%d running", s.fg)
-	}
-	s.fg++
-	return sync.OnceFunc(func() {
-		s.fgMu.Lock()
-		s.fg--
-		s.fgMu.Unlock()
-	}), nil
-}
+func (s *Server) Foreground() (release func(), err error) { return s.fg.Take() }
 
 // check is the handshake's command check.
 func (s *Server) check(cmd string, _ []string) error {

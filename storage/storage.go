@@ -170,8 +170,7 @@ type Storage struct {
 
 	monMu sync.Mutex // volume.monitored, volume.lastLatest
 
-	fgMu sync.Mutex
-	fg   int
+	fg *server.Slots
 
 	fullScanBps atomic.Uint64
 	running     atomic.Bool
@@ -187,6 +186,7 @@ func New(cfg Config) (*Storage, error) {
 	}
 	log := cfg.Logger
 	s := &Storage{
+		fg:       server.NewSlots(cfg.MaxForeground),
 		cfg:      cfg,
 		log:      log,
 		states:   server.NewVolumes(Table, log),
@@ -768,15 +768,5 @@ func (s *Storage) foreground() (release func(), err error) {
 	if s.cfg.Foreground != nil {
 		return s.cfg.Foreground()
 	}
-	s.fgMu.Lock()
-	defer s.fgMu.Unlock()
-	if s.fg >= s.cfg.MaxForeground {
-		return nil, errors.Wrapf(server.ErrTooManyTasks, "%d running", s.fg)
-	}
-	s.fg++
-	return sync.OnceFunc(func() {
-		s.fgMu.Lock()
-		s.fg--
-		s.fgMu.Unlock()
-	}), nil
+	return s.fg.Take()
 }

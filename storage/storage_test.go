@@ -213,9 +213,16 @@ func TestFullBackupFailures(t *testing.T) {
 	require.Equal(t, StateSyncReady, e.st.State("v"))
 
 	// Too many backups at once.
-	e.st.cfg.MaxForeground = 0
+	var releases []func()
+	for range e.st.cfg.MaxForeground {
+		release, err := e.st.fg.Take()
+		require.NoError(t, err)
+		releases = append(releases, release)
+	}
 	require.ErrorIs(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}), wire.ErrTooManyTasks)
-	e.st.cfg.MaxForeground = 2
+	for _, release := range releases {
+		release()
+	}
 
 	e.st.SetFullScanBps(0)
 	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
