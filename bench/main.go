@@ -43,7 +43,7 @@ func main() {
 }
 
 // Suites, in the order they run.
-var allSuites = []string{"baselines", "convert", "merge", "apply", "device", "nbd"}
+var allSuites = []string{"baselines", "convert", "merge", "apply", "device", "nbd", "rpo"}
 
 // config is the parsed command line.
 type config struct {
@@ -226,6 +226,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) (string, error) {
 	}
 	if cfg.suites["device"] {
 		if err := b.device(ctx); err != nil {
+			return dir, err
+		}
+	}
+	if cfg.suites["rpo"] {
+		if err := b.rpo(ctx); err != nil {
 			return dir, err
 		}
 	}
