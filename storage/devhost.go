@@ -173,15 +173,25 @@ func (p *pipePackReader) Close() error {
 	return nil
 }
 
-// ReadAt implements Device through the device's NBD export.
+// ReadAt implements Device through the device's NBD export. The connection
+// is kept between calls; when a read fails (the daemon restarted and the
+// cached connection is dead) it is dropped and the read is tried once more
+// on a fresh one. Reads are safe to repeat.
 func (d *devhostDevice) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	c, err := d.nbdClient(ctx)
-	if err != nil {
-		return 0, err
-	}
-	n, err := c.ReadAt(p, off)
-	if err != nil {
+	var n int
+	var err error
+	for try := 0; try < 2; try++ {
+		var c *nbd.Client
+		if c, err = d.nbdClient(ctx); err != nil {
+			return 0, err
+		}
+		if n, err = c.ReadAt(p, off); err == nil {
+			return n, nil
+		}
 		d.closeNBD()
+		if ctx.Err() != nil {
+			break
+		}
 	}
 	return n, err
 }
