@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -333,15 +332,7 @@ func (kt *killTest) trialFullBkp(victim *proc) {
 	if werr != nil && victim != c.dev {
 		kt.t.Fatalf("writer failed while %s was killed: %v", victim.name, werr)
 	}
-	staleNBD := err != nil && errAt.Before(k.at) && kt.lastFullBkpErrorIsStaleNBD()
-	if staleNBD {
-		// Known storage bug, pinned by
-		// TestFullBackupAfterDeviceDaemonRestart: the first full-bkp
-		// after a walb-dev restart fails on the dead NBD connection.
-		// Retrying here keeps this test about the crashes it causes.
-		kt.t.Logf("  KNOWN BUG (TestFullBackupAfterDeviceDaemonRestart): full-bkp failed on the storage's dead NBD connection: %v", firstLine(err))
-	}
-	if staleNBD || kt.interrupted(k, "full-bkp", err, errAt) {
+	if kt.interrupted(k, "full-bkp", err, errAt) {
 		kt.retry("full-bkp again", func() error {
 			kt.resetForBackup()
 			_, err := c.walbcCtx(c.ctx(), c.s0, true, "full-bkp", volume, "64k")
@@ -358,19 +349,6 @@ func (kt *killTest) trialFullBkp(victim *proc) {
 	})
 	c.mustWalbc(c.s0, "set-full-scan-bps", "0")
 	kt.snapshot(nil)
-}
-
-// lastFullBkpErrorIsStaleNBD tells whether the storage's log says its
-// last failed full-bkp failed on a dead NBD connection to the device
-// daemon (the bug TestFullBackupAfterDeviceDaemonRestart pins).
-func (kt *killTest) lastFullBkpErrorIsStaleNBD() bool {
-	last := ""
-	for _, l := range strings.Split(tailFile(kt.c.s0p.logPath, 256<<10), "\n") {
-		if strings.Contains(l, "command failed") && strings.Contains(l, "cmd=full-bkp") {
-			last = l
-		}
-	}
-	return strings.Contains(last, "nbd: client closed")
 }
 
 // resetForBackup brings the storage and the archive back to SyncReady
