@@ -135,6 +135,8 @@ func (s *Server) register() {
 	h(CmdNameEnableSnapshot, s.cmdSnapshotFlag(true))
 	h(ProtoFullSync, s.serveFullSync)
 	h(ProtoWdiffTransfer, s.serveWdiffTransfer)
+	s.registerHashSync()
+	s.registerReplication()
 	s.registerGets()
 }
 

@@ -87,6 +87,10 @@ const (
 	CmdGcDiff          Command = "gc-diff"
 	CmdFullSync        Command = "full-sync"
 	CmdWdiffTransfer   Command = "wdiff-transfer"
+	CmdHashSync        Command = "hash-sync"
+	CmdReplicate       Command = "replicate"
+	CmdReplServer      Command = "repl-server"
+	CmdBlockHash       Command = "bhash"
 )
 
 // Precondition is one row of the precondition table: the states a command
@@ -125,6 +129,10 @@ var Preconditions = map[Command]Precondition{
 	CmdGcDiff:          {States: ActiveOrStoppedStates, AllDenied: true},
 	CmdFullSync:        {States: []string{StateSyncReady}, AllDenied: true},
 	CmdWdiffTransfer:   {States: []string{StateArchived}},
+	CmdHashSync:        {States: []string{StateArchived}, AllDenied: true},
+	CmdReplicate:       {States: ActiveStates, Deny: []string{ActionRestore, ActionReplSyncAsClient, ActionApply, ActionMerge, ActionResize}},
+	CmdReplServer:      {States: []string{StateSyncReady, StateArchived}, AllDenied: true},
+	CmdBlockHash:       {States: ActiveOrStoppedStates, Deny: []string{ActionApply, ActionMerge, ActionResize}},
 }
 
 // guard returns the server.Guard of cmd.

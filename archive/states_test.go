@@ -42,6 +42,10 @@ var specTable = map[Command]specRow{
 	CmdGcDiff:          {specActiveOrStopped, specAll},
 	CmdFullSync:        {[]string{StateSyncReady}, specAll},
 	CmdWdiffTransfer:   {[]string{StateArchived}, nil},
+	CmdHashSync:        {[]string{StateArchived}, specAll},
+	CmdReplicate:       {specActive, []string{ActionRestore, ActionReplSyncAsClient, ActionApply, ActionMerge, ActionResize}},
+	CmdReplServer:      {[]string{StateSyncReady, StateArchived}, specAll},
+	CmdBlockHash:       {specActiveOrStopped, []string{ActionApply, ActionMerge, ActionResize}},
 }
 
 // tableVol is a volume with a base, three diffs (gids 0..3, 1->2 and 2->3
@@ -122,6 +126,10 @@ func (tv *tableVol) run(ctx context.Context, cmd Command) error {
 		return err
 	case CmdWdiffTransfer:
 		return tv.env.sendDiff(ctx, tvol, tv.m, cleanDiff(3, 4, false), tv.nxt)
+	case CmdHashSync, CmdBlockHash:
+		return tv.runHashCommand(ctx, cmd)
+	case CmdReplicate, CmdReplServer:
+		return tv.runReplCommand(ctx, cmd)
 	}
 	panic("unknown command " + cmd)
 }
