@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -186,6 +187,9 @@ func (h *Host) walbOptions(e Entry) walb.Options {
 	}
 	if c.LogFlushIntervalMB != 0 {
 		o.LogFlushIntervalMB = c.LogFlushIntervalMB
+	}
+	if e.CheckpointIntervalMs != 0 {
+		o.CheckpointInterval = time.Duration(e.CheckpointIntervalMs) * time.Millisecond
 	}
 	return o
 }
@@ -633,9 +637,30 @@ func (h *Host) CheckpointInterval(ctx context.Context, name string) (time.Durati
 	return v, err
 }
 
-// SetCheckpointInterval implements Controller.
+// SetCheckpointInterval implements Controller. The interval is recorded in
+// the registry, so the device keeps it when the daemon restarts.
 func (h *Host) SetCheckpointInterval(ctx context.Context, name string, iv time.Duration) error {
-	return h.with(name, func(d *walb.Device) error { return d.SetCheckpointInterval(iv) })
+	ms := iv / time.Millisecond
+	if iv <= 0 || iv%time.Millisecond != 0 || ms > math.MaxUint32 {
+		return errors.Wrapf(ErrInvalid, "checkpoint interval %v: want a positive whole number of milliseconds", iv)
+	}
+	hd, err := h.acquire(name)
+	if err != nil {
+		return err
+	}
+	defer hd.ops.Done()
+	if err := hd.dev.SetCheckpointInterval(iv); err != nil {
+		return classify(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e := hd.entry
+	e.CheckpointIntervalMs = uint32(ms)
+	if err := h.reg.Put(e); err != nil {
+		return errors.WithMessagef(err, "device %s: the interval is set but not recorded for restarts", name)
+	}
+	hd.entry = e
+	return nil
 }
 
 // CatLog implements Controller. It ends early with ErrState if the device

@@ -301,6 +301,7 @@ func TestHostReopensDevicesAfterRestart(t *testing.T) {
 	data := randomBytes(2, 512<<10)
 	_, err = d.dial(t, "vol0").WriteAt(data, 4096)
 	require.NoError(t, err)
+	require.NoError(t, d.client.SetCheckpointInterval(ctx, "vol0", 1500*time.Millisecond))
 	require.NoError(t, d.Shutdown(ctx))
 
 	// A crash during a registry write leaves a temporary file behind.
@@ -319,6 +320,9 @@ func TestHostReopensDevicesAfterRestart(t *testing.T) {
 	e, ok := reg.Get("vol0")
 	require.True(t, ok)
 	require.EqualValues(t, 128, e.Options.MaxLogpackKB)
+	iv, err := d2.client.CheckpointInterval(ctx, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, 1500*time.Millisecond, iv, "the checkpoint interval survives the restart")
 	got := make([]byte, len(data))
 	_, err = d2.dial(t, "vol0").ReadAt(got, 4096)
 	require.NoError(t, err)

@@ -29,6 +29,11 @@ type Entry struct {
 	LogDevice  string        `json:"log_device"`
 	DataDevice string        `json:"data_device"`
 	Options    CreateOptions `json:"options"`
+	// CheckpointIntervalMs is the interval set with set-checkpoint-interval
+	// (0: the daemon's default), so that it survives a restart as the
+	// kernel driver's sysfs setting does not need to: a userspace device is
+	// reopened by this daemon, with the interval last set.
+	CheckpointIntervalMs uint32 `json:"checkpoint_interval_ms,omitempty"`
 }
 
 type registryFile struct {
