@@ -9,6 +9,7 @@ import (
 	"github.com/walb-go/walb/imagestore"
 	"github.com/walb-go/walb/nbd"
 	"github.com/walb-go/walb/wdiff"
+	"github.com/walb-go/walb/wire"
 )
 
 // DiscardMode says what apply and restore do with discard records
@@ -123,6 +124,11 @@ type Config struct {
 	// MergeCompression is the codec of merged diffs; the zero value means
 	// wdiff.DefaultCompression (snappy), as walb-tools writes.
 	MergeCompression *wdiff.Compression
+	// ClientWire is what the archive dials other archives with (replicate):
+	// timeouts and, with TLS, a client configuration (RootCAs, client
+	// certificate). Nil means the server's own wire options, which suit
+	// plain TCP but rarely TLS.
+	ClientWire *wire.Options
 }
 
 func (c *Config) fsyncInterval() int64 {

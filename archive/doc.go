@@ -10,10 +10,12 @@
 //   - Server puts package server's framework (connections, handshake,
 //     common commands, -fg, shutdown) around an Engine, with one handler
 //     per command and the two protocols the archive serves:
-//     ProtoFullSync (fullsync.go) and ProtoWdiffTransfer
-//     (wdifftransfer.go). Their client sides are exported for the storage
-//     (DialFullSync, SendFullSync) and the proxy (SendWdiff, which returns
-//     a WdiffReply to switch on).
+//     ProtoFullSync (fullsync.go), ProtoHashSync (hashsync.go) and
+//     ProtoWdiffTransfer (wdifftransfer.go). Their client sides are
+//     exported for the storage (DialFullSync, SendFullSync, DialHashSync)
+//     and the proxy (SendWdiff, which returns a WdiffReply to switch on).
+//     Archives replicate to each other with ProtoReplSync (replicate.go),
+//     whose client side is the replicate command (Engine.Replicate).
 //
 // # Directory layout
 //
@@ -28,11 +30,15 @@
 //	BASE/VOL/base              the base image's meta.State (<|B|> or
 //	                           <|B|-->|E|> while applying)
 //	BASE/VOL/*.wdiff           sorted wdiffs named by meta.FileName
+//	BASE/VOL/full_repl_state   resume point of a full replication
+//	                           (FullReplState), while one is unfinished
 //	BASE/VOL/tmpXXXXXX         a wdiff or metadata file being written
 //	BASE/.init-VOL-*           a volume directory being created
 //	BASE/.clear-VOL-*          a volume directory being deleted
 //	image wb_VOL               the base image
 //	image wr_VOL_GID           a restored image, exported over NBD as VOL/GID
+//	image (temporary) wv_VOL   a virtual image: a clone read by hash backup
+//	                           or bhash, never committed, removed on close
 //
 // Every metadata file is written atomically with an integrity trailer
 // (meta.Save: temporary file, fsync, rename, fsync of the directory); a
@@ -49,7 +55,7 @@
 //	Clear      InitVol            SyncReady  init-vol
 //	SyncReady  ClearVol           Clear      clear-vol
 //	Stopped    ClearVol           Clear      clear-vol
-//	SyncReady  FullSync           Archived   full backup (ProtoFullSync)
+//	SyncReady  FullSync           Archived   full backup, full replication
 //	SyncReady  Resync             Archived   resync (replication)
 //	Archived   HashSync           Archived   hash backup
 //	Archived   WdiffRecv          Archived   wdiff transfer
@@ -99,6 +105,46 @@
 // and registered, then the sources are deleted. A crash between leaves
 // both; the gc at start deletes the sources, which are off the chain.
 //
+// Hash backup (hashsyncrecv.go): the image at the latest snapshot is a
+// virtual image (below); the differing chunks go to a temporary file in
+// the volume directory, fsynced and renamed under the name of the dirty
+// diff latest -> |gidB,gidE| only when the storage's snapshot arrives,
+// then registered, then the uuid is saved, then the ACK goes out. A
+// failure or a crash before the rename leaves the volume Archived with
+// its diffs, and a temporary file and image that the next start deletes;
+// a crash between the rename and the uuid leaves the diff under the old
+// uuid, and the storage, which got no ACK, reruns the backup from it.
+//
+// Virtual images (virtual.go; system.md §5.5 virtual full scan): the image
+// at a snapshot, clean or dirty, that hash backup, bhash and replication
+// read. The base is cloned to a temporary image (reflink where the store
+// can), the diffs that reach the snapshot are applied to the clone, and
+// the clone is removed on Close; the base is never written, and once the
+// clone is made applies and merges may run. Without diffs on a store that
+// cannot reflink the base is read in place, holding off base writers
+// until Close.
+//
+// Replication (replicate.go, replclient.go, replserver.go, replhash.go;
+// system.md §5.6, ProtoReplSync): `replicate` runs on the source as the
+// ReplSyncAsClient action; the target never persists a transient state.
+// A full copy (FULL) writes the source's base image under FullSync while
+// the state file says SyncReady; the source's archive uuid is saved
+// first and full_repl_state (the source's base state and the blocks
+// known durable) at every fdatasync and when the copy breaks off, so the
+// next FULL of the same lineage and base resumes there, even after a
+// restart; the base state, the uuids and Archived are written last. A
+// resync (RESYNC) first drops the target's restored images and diffs and
+// persists SyncReady, then patches the base image in place by hash sync
+// and writes the state, the uuids and Archived last: a cut leaves
+// SyncReady, and the retry resyncs or copies again. A compared diff
+// (HASH) and a diff (DIFF) go to a temporary file under ReplSyncAsServer
+// and are renamed and registered before the source gets its ACK; a cut
+// leaves the target Archived with the diffs it had, at the gid of the
+// last step acknowledged. DIFF merges the source's diffs on the fly but
+// never across an explicit snapshot (a non-mergeable diff), so every
+// explicit snapshot of the source is one on the target too; the diffs
+// inside a received diff's range are then removed (gcRange).
+//
 // Recovery at start (Open): temporary images and files are deleted, the
 // leftovers of an interrupted init-vol or clear-vol are removed, states,
 // uuids and bases are loaded, the wdiffs re-indexed from their names, an
@@ -108,9 +154,10 @@
 // # Differences from walb-tools
 //
 // Images are files in an imagestore.Store instead of LVM volumes; there
-// are no cold snapshots (thin mode), no replication between archives, and
-// no hash backup yet: their states are in the table for the packages that
-// will add them. `get restored-path` and `get restored-export` replace
+// are no cold snapshots (thin mode). Hash
+// backup compares chunks with a seeded XXH3 (package hashsync) instead of
+// murmurhash3 seeded with the start time, and the archive's bhash uses
+// the bhash tool's SipHash, per chunk on request. `get restored-path` and `get restored-export` replace
 // `get volume-group`. The wire protocol is walb-go's (package wire), not
 // walb-tools'.
 package archive

@@ -99,6 +99,12 @@ func (s *Server) serveFullSync(ctx context.Context, c *wire.Conn, args []string)
 		return err
 	}
 	defer f.Abort()
+	// A full backup from a storage overwrites the base: the resume point of
+	// an unfinished full replication no longer describes it, and a later
+	// replication must start again from block 0.
+	if err := f.v.removeFullReplState(); err != nil {
+		return errors.Wrapf(err, "archive: full-sync %s: remove %s", vol, fullReplStateFileName)
+	}
 	if err := c.SendAccept(ctx); err != nil {
 		return err
 	}

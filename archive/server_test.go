@@ -200,6 +200,11 @@ func TestServerOverTCP(t *testing.T) {
 	require.Equal(t, ReplyError, reply)
 	require.ErrorIs(t, err, wire.ErrWrongState)
 
+	// A leftover resume point of a full replication (another lineage) is
+	// dropped by the full backup, which overwrites the base.
+	replState := filepath.Join(root, "base", vol, fullReplStateFileName)
+	require.NoError(t, meta.Save(replState, FullReplState{State: meta.State{SnapB: meta.CleanSnap(3), SnapE: meta.CleanSnap(3)}, ProgressLB: 1024, Timestamp: time.Unix(1700000000, 0)}))
+
 	// Full sync from the "storage".
 	img0 := bytes.Clone(m.img)
 	m.record(0)
@@ -211,6 +216,7 @@ func TestServerOverTCP(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, snapCalled)
 	require.Equal(t, StateArchived, ta.getString(ctx, "state", vol))
+	require.NoFileExists(t, replState, "full_repl_state removed by the full backup")
 	require.Equal(t, m.uuid.String(), ta.getString(ctx, "uuid", vol))
 	require.Len(t, ta.getString(ctx, "archive-uuid", vol), 32)
 	require.Equal(t, "<|0|>-20231114221320", ta.getString(ctx, "base", vol))

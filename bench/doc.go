@@ -57,6 +57,21 @@
 // of qemu-nbd both ways. The suite is skipped, saying so, when qemu-img or
 // qemu-nbd is missing.
 //
+// rpo: an embedded group (package group) on loopback; a steady 50 MB/s
+// writer, snapshots, and the time from each snapshot to its gid being
+// restorable; full-bkp of a 1 GiB device against reading it raw.
+//
+// hashbkp: an embedded group with two archives and a -hashsize device
+// (2 GiB) of random data. Baseline: reading the whole device raw in the
+// same run. Then full-bkp (timed), go-standby, 1% of the 256 KiB chunks
+// rewritten (their logs dropped by the standby, as after an overflow or a
+// target switch), and hash-bkp until its gid is restorable: throughput as
+// image bytes per second against the raw read (goal >= 80%), and the
+// bytes the storage sent to the archive, counted by a TCP relay between
+// them, against the bytes changed (goal <= 1.05x, the hashes the archive
+// sends back given apart). Finally replicate-once a0 -> a1 (a full
+// replication of the base plus the diffs) against full-bkp.
+//
 // # Method
 //
 // Each measured operation runs in a child process: the bench binary

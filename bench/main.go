@@ -43,7 +43,7 @@ func main() {
 }
 
 // Suites, in the order they run.
-var allSuites = []string{"baselines", "convert", "merge", "apply", "device", "nbd", "rpo"}
+var allSuites = []string{"baselines", "convert", "merge", "apply", "device", "nbd", "rpo", "hashbkp"}
 
 // config is the parsed command line.
 type config struct {
@@ -61,6 +61,7 @@ type config struct {
 	devSize  int64        // bytes written by every device suite run
 	ldevSize int64        // log device of the device and nbd suites
 	nbdSize  int64        // bytes copied by every nbd suite run
+	hashSize int64        // device size of the hashbkp suite
 	sweep    []devOptions // device options tried besides the defaults
 }
 
@@ -74,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	devSize := fs.String("devsize", "2G", "data written by every run of the device suite")
 	ldev := fs.String("ldev", "1G", "log device size of the device and nbd suites")
 	nbdSize := fs.String("nbdsize", "1G", "data copied by every run of the nbd suite (and its export size)")
+	hashSize := fs.String("hashsize", "2G", "device size of the hashbkp suite (hash-bkp and replicate)")
 	sweep := fs.String("devsweep", defaultSweep, "device options to try besides the defaults: space-separated sets of comma-separated "+
 		devOptionsUsage+" (\"none\": no sweep)")
 	suites := fs.String("suites", strings.Join(allSuites, ","), "comma-separated suites to run: "+strings.Join(allSuites, ", "))
@@ -95,7 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, errors.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
 	if *quick {
-		*size, *devSize, *nbdSize = "64M", "256M", "256M"
+		*size, *devSize, *nbdSize, *hashSize = "64M", "256M", "256M", "256M"
 	}
 	var err error
 	for _, f := range []struct {
@@ -103,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		val  string
 		dst  *int64
 	}{{"-size", *size, &cfg.size}, {"-device", *device, &cfg.device}, {"-devsize", *devSize, &cfg.devSize},
-		{"-ldev", *ldev, &cfg.ldevSize}, {"-nbdsize", *nbdSize, &cfg.nbdSize}} {
+		{"-ldev", *ldev, &cfg.ldevSize}, {"-nbdsize", *nbdSize, &cfg.nbdSize}, {"-hashsize", *hashSize, &cfg.hashSize}} {
 		if *f.dst, err = parseMiB(f.name, f.val); err != nil {
 			return cfg, err
 		}
@@ -239,6 +241,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) (string, error) {
 			return dir, err
 		}
 	}
+	if cfg.suites["hashbkp"] {
+		if err := b.hashRepl(ctx); err != nil {
+			return dir, err
+		}
+	}
 	b.targets()
 	return dir, nil
 }
@@ -254,6 +261,10 @@ func (c config) diskNeed() int64 {
 	}
 	if c.suites["nbd"] {
 		need = max(need, 3*c.nbdSize+c.ldevSize)
+	}
+	if c.suites["hashbkp"] {
+		// device, log, a0's base and restores, a1's copy
+		need = max(need, 4*c.hashSize+512<<20)
 	}
 	return need
 }

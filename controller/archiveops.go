@@ -252,6 +252,13 @@ func (c *Controller) ResizeArchive(ctx context.Context, ax Server, vol string, s
 	if sizeMB == 0 || sizeMB > 1<<43 {
 		return errors.Wrapf(ErrBadArgs, "resize %s to %d MiB", vol, sizeMB)
 	}
+	return c.resizeArchiveLB(ctx, ax, vol, sizeMB<<11, zeroClear)
+}
+
+// resizeArchiveLB grows vol on ax to newLB logical blocks and checks the
+// result. The size is sent in MiB when it is a whole number of them (as
+// walb-tools does), in bytes otherwise.
+func (c *Controller) resizeArchiveLB(ctx context.Context, ax Server, vol string, newLB uint64, zeroClear bool) error {
 	st, err := c.GetState(ctx, ax, vol)
 	if err != nil {
 		return err
@@ -266,14 +273,17 @@ func (c *Controller) ResizeArchive(ctx context.Context, ax Server, vol string, s
 	if err != nil {
 		return err
 	}
-	newLB := sizeMB << 11
 	switch {
 	case oldLB == newLB:
 		return nil
 	case oldLB > newLB:
-		return errors.Wrapf(ErrBadArgs, "%s: shrinking %s from %d to %d MiB is not supported", ax, vol, oldLB>>11, sizeMB)
+		return errors.Wrapf(ErrBadArgs, "%s: shrinking %s from %d to %d LB is not supported", ax, vol, oldLB, newLB)
 	}
-	args := []string{vol, strconv.FormatUint(sizeMB, 10) + "m"}
+	size := strconv.FormatUint(newLB*512, 10)
+	if newLB%(1<<11) == 0 {
+		size = strconv.FormatUint(newLB>>11, 10) + "m"
+	}
+	args := []string{vol, size}
 	if zeroClear {
 		args = append(args, "zeroclear")
 	}

@@ -48,6 +48,7 @@ var (
 	archiveAcceptForResize       = append(slices.Clone(archiveActive), StateStopped, StateSyncReady)
 	archiveAcceptForClearVol     = []string{StateStopped, StateSyncReady}
 	archiveDuringStop            = append(slices.Clone(archiveActive), "Stop")
+	archiveDuringReplicate       = []string{"ReplSyncAsServer", "FullSync", "Resync"}
 	storageStandbyOrClear        = []string{StateStandby, StateClear}
 	storagePrevStatesForSyncStop = []string{StateStandby, "HashSync", "FullSync"}
 )
@@ -345,6 +346,18 @@ func (c *Controller) GetAllActions(ctx context.Context, ax Server) ([]VolActions
 		out = append(out, va)
 	}
 	return out, nil
+}
+
+// ExistsBaseImage reports whether archive ax holds a base image of vol
+// (false before the first full backup or replication has created one).
+func (c *Controller) ExistsBaseImage(ctx context.Context, ax Server, vol string) (bool, error) {
+	if err := needKind(ax, KindArchive); err != nil {
+		return false, err
+	}
+	if err := checkVol(vol); err != nil {
+		return false, err
+	}
+	return c.Client(ax).GetBool(ctx, "exists-base-image", vol)
 }
 
 // GetBase returns the base image state of vol on archive ax.

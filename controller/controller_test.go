@@ -126,7 +126,7 @@ func TestKindsAndQueries(t *testing.T) {
 	require.Contains(t, lines, "fake\ts0")
 	lines, err = c.Status(ctx, g.s(0), vol)
 	require.NoError(t, err)
-	require.Equal(t, []string{"volume\tvol0"}, lines)
+	require.Equal(t, []string{"volume\tvol0", "sizeLb 2048"}, lines)
 	require.ErrorIs(t, c.VerifyState(ctx, g.a(0), vol, StateArchived), ErrBadState)
 
 	require.NoError(t, c.InitStorage(ctx, g.s(0), vol, "/dev/wdev0"))

@@ -1,7 +1,9 @@
 // Package controller is the front door of the walb-go SDK: it drives a
 // backup group of storage, proxy and archive servers the way walb-tools'
 // Python controller (walblib.Controller) does, over package wire, with
-// typed results. The walbc command (internal/cli) is built on it.
+// typed results. The walbc command (internal/cli) is built on it: with -a
+// and -p it sends one command to one server, with -storage, -proxy and
+// -archive it runs these methods on a backup group (walbc help).
 //
 // # A backup group
 //
@@ -48,10 +50,13 @@
 // that says what was awaited and what was last seen. Waits for mere state
 // changes (start, stop, standby, reset, deletions, resize) are also bounded
 // by Options.ShortTimeout (100 s, walb-tools' SHORT_TIMEOUT_SEC). Methods
-// ending in NB (FullBackupNB, SnapshotNB, RestoreNB, ApplyNB, MergeNB,
-// StopNB) return once the server accepted; the Wait methods
-// (WaitForRestorable, WaitForRestored, WaitForApplied, WaitForMerged,
+// ending in NB (FullBackupNB, HashBackupNB, SnapshotNB, RestoreNB,
+// ApplyNB, MergeNB, StopNB, ReplicateOnceNB) return once the server
+// accepted; the Wait methods (WaitForBackup, WaitForRestorable,
+// WaitForRestored, WaitForApplied, WaitForMerged, WaitForReplicated,
 // WaitForStopped, WaitForStateChange, WaitForNoAction) finish them.
+// GetProgress reports how far the copy of a running full or hash backup or
+// replication has come on an archive.
 //
 // The methods follow walb-tools' controller (system.md §8.2):
 //
@@ -63,7 +68,7 @@
 //	            GetMetaSnap, GetDiffList, GetApplicableDiffList, ExistsDiff,
 //	            GetRestorable, GetRestorableGids, GetLatestClean,
 //	            GetRestored, GetCold, GetRestoredPath, GetRestoredExport,
-//	            GetTsDelta
+//	            GetTsDelta, ExistsBaseImage, GetProgress, BlockHash
 //	lifecycle   InitVol, InitStorage, GoStandby, ClearVol, Reset, Start,
 //	            Stop, StopNB, Shutdown, ShutdownList, ShutdownAll, Kick,
 //	            KickAll, KickStorageAll, KickProxyAll, SetFullScanBps
@@ -74,6 +79,16 @@
 //	archive     Restore, RestoredImage, DelRestored, DelCold, Apply, Merge,
 //	            EnableSnapshot, DisableSnapshot, GcDiff, ResizeArchive,
 //	            ResizeStorage, Resize
+//	replication ReplicateOnce (and NB, WaitForReplicated), Replicate,
+//	            Synchronize (then StopSynchronizing to end it)
+//
+// Replication copies a volume between archives (system.md §5.6):
+// ReplicateOnce(ctx, a0, vol, a1, opt) inits a Clear destination, refuses
+// a destination of another lineage unless opt.Resync (ErrUUIDMismatch),
+// grows it to the source's size and replicates up to opt.Gid (default: the
+// source's newest restorable snapshot). Synchronize (§5.7) makes the
+// destination a synchronizing replica: the proxies are stopped once empty,
+// get an archive info for it, and start again after a last replication.
 //
 // Results are typed: snapshots, diffs and base states are package meta's
 // Snap, Diff and State; restorable snapshots are RestorableGid (gid, time,
@@ -92,8 +107,8 @@
 // found by the controller are this package's sentinels: ErrWrongKind,
 // ErrBadState (a volume in a state the operation cannot start from),
 // ErrNotReached (a long operation ended without its result), ErrBadGid,
-// ErrMixedSync, ErrBadValue, ErrBadArgs, ErrBadLayout. Every error names
-// the server and the command.
+// ErrMixedSync, ErrUUIDMismatch, ErrBadValue, ErrBadArgs, ErrBadLayout.
+// Every error names the server and the command.
 //
 // # Transport
 //

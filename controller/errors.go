@@ -20,8 +20,9 @@ var (
 	ErrBadState = errors.New("controller: volume in an unexpected state")
 	// ErrNotReached means a long operation ended without reaching its goal:
 	// the server's action is over but the restored image, the applied base,
-	// the merged diff or the new size is not there. The server's log says
-	// why (walb-tools servers report failures after accept only there).
+	// the merged diff, the replicated snapshot or the new size is not
+	// there. The server's log says why (walb-tools servers report failures
+	// after accept only there).
 	ErrNotReached = errors.New("controller: operation ended without reaching its goal")
 	// ErrBadGid means a gid argument does not fit the volume's diffs (apply
 	// to a gid that ends no applicable diff, merge bounds that are not diff
@@ -31,6 +32,11 @@ var (
 	// archive and others do not, so the archive is neither synchronizing
 	// nor not.
 	ErrMixedSync = errors.New("controller: archive is synchronizing on some proxies only")
+	// ErrUUIDMismatch means two archives hold a volume of different
+	// lineages (their archive UUIDs differ: one got a new full backup
+	// since the other was replicated from it), so a plain replication
+	// between them is refused; replicate with Resync.
+	ErrUUIDMismatch = errors.New("controller: archive uuids differ")
 	// ErrBadValue means a server's answer does not parse as the value the
 	// command returns.
 	ErrBadValue = errors.New("controller: malformed value from server")

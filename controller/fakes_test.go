@@ -45,6 +45,7 @@ type fakeGroup struct {
 	order    []*fakeServer
 	layout   Layout
 	clock    time.Time
+	uuidSeq  int
 	closed   bool
 	storages map[string]*fakeStorage
 	proxies  map[string]*fakeProxy
@@ -59,7 +60,7 @@ type fakeServer struct {
 	kind Kind
 	srv  *server.Server
 	log  []string          // "cmd arg..." of every command received
-	fail map[string]error  // command (or "get TARGET") -> error to answer
+	fail map[string]error  // command ("get TARGET", "CMD SUB") -> error to answer
 	hold map[string]func() // command -> run before answering (blocking tests)
 	over map[string]fakeHandler
 }
@@ -92,6 +93,9 @@ func (f *fakeServer) Status(_ context.Context, args []string) ([]string, error) 
 	if len(args) == 0 {
 		return []string{"fake\t" + f.name}, nil
 	}
+	if f.kind == KindStorage {
+		return []string{"volume\t" + args[0], "sizeLb 2048"}, nil
+	}
 	return []string{"volume\t" + args[0]}, nil
 }
 
@@ -101,6 +105,9 @@ func (f *fakeServer) handle(cmd string, h fakeHandler) {
 		f.g.mu.Lock()
 		f.log = append(f.log, strings.TrimSpace(cmd+" "+strings.Join(args, " ")))
 		err := f.fail[cmd]
+		if err == nil && len(args) > 0 {
+			err = f.fail[cmd+" "+args[0]] // a subcommand: "archive-info add"
+		}
 		hold := f.hold[cmd]
 		f.g.mu.Unlock()
 		if hold != nil {
@@ -285,6 +292,7 @@ type fsVol struct {
 	wdev     string
 	gid      uint64 // latest gid taken
 	overflow bool
+	progress uint64 // get progress: LB done by a running backup
 }
 
 type fakeStorage struct {
@@ -436,6 +444,8 @@ func newFakeStorage(g *fakeGroup, name string) *fakeStorage {
 					// The image copied while gid 0..1 were written.
 					av.base = meta.NewState(meta.Snap{GidB: 0, GidE: 1}, ts)
 					av.sizeLB = 1 << 11
+					g.uuidSeq++
+					av.archiveUUID = fmt.Sprintf("%032x", g.uuidSeq)
 					v.gid = 1
 				} else {
 					latest := av.diffs.LatestSnap(av.base)
@@ -488,6 +498,13 @@ func newFakeStorage(g *fakeGroup, name string) *fakeStorage {
 		return v.overflow, nil
 	})
 	s.get("uuid", func(a []string) (any, error) { return "00112233445566778899aabbccddeeff", nil })
+	s.get("progress", func(a []string) (any, error) {
+		v, err := s.need(a[0], StateSyncReady, StateStopped, StateTarget, StateStandby, "FullSync", "HashSync")
+		if err != nil {
+			return nil, err
+		}
+		return v.progress, nil
+	})
 	s.get("log-usage", func(a []string) (any, error) {
 		return []string{"name:" + a[0] + "\tusage_pb:10\tcapacity_pb:2048\tpbs:4096"}, nil
 	})
@@ -616,6 +633,9 @@ func newFakeProxy(g *fakeGroup, name string) *fakeProxy {
 			return err
 		}
 		v.state = "Stop"
+		if len(a) == 2 && a[1] == string(StopEmpty) {
+			v.state = "WaitForEmpty"
+		}
 		g.later(func() { v.state = StateStopped })
 		return c.SendAccept(ctx)
 	})
@@ -667,14 +687,16 @@ func (g *fakeGroup) deliver(vol string, d meta.Diff) {
 // --- archive ---------------------------------------------------------------
 
 type faVol struct {
-	state    string
-	base     meta.State
-	diffs    *meta.DiffSet
-	restored map[uint64]bool
-	cold     map[uint64]bool
-	sizeLB   uint64
-	actions  map[string]int
-	failNext string // action whose next run ends without result
+	state       string
+	archiveUUID string // zero until a full backup or replication
+	base        meta.State
+	diffs       *meta.DiffSet
+	restored    map[uint64]bool
+	cold        map[uint64]bool
+	sizeLB      uint64
+	progress    uint64 // get progress
+	actions     map[string]int
+	failNext    string // action whose next run ends without result
 }
 
 type fakeArchive struct {
@@ -696,6 +718,78 @@ func (a *fakeArchive) need(vol string, states ...string) (*faVol, error) {
 		return nil, wrongState(a.name, vol, st)
 	}
 	return a.vols[vol], nil
+}
+
+const zeroUUID = "00000000000000000000000000000000"
+
+// replicate runs replicate VOL gid GID ADDR [DORESYNC DONTMERGE [CMPR
+// MAXMERGE BULK]] as the real archive does, at the metadata level: accept
+// with the ReplSyncAsClient action counted, the destination (found by its
+// address) in ReplSyncAsServer or FullSync meanwhile, and, a step later,
+// the destination holding the source's base, lineage and chain up to GID.
+// A destination of another lineage without DORESYNC, an unknown address
+// or failNext end the action without a result, as a failure after accept
+// does.
+func (a *fakeArchive) replicate(c *wire.Conn, ctx context.Context, args []string) error {
+	if err := nargs(args, 4, 9, "replicate VOL gid|size N ADDR:PORT [DORESYNC DONTMERGE [CMPR MAXMERGE BULK]]"); err != nil {
+		return err
+	}
+	if len(args) != 4 && len(args) != 6 && len(args) != 9 {
+		return errors.Wrap(server.ErrBadArgs, "replicate: optional arguments come as DORESYNC DONTMERGE [CMPR MAXMERGE BULK]")
+	}
+	if args[1] != "gid" {
+		return errors.Wrap(server.ErrBadArgs, "the fake replicates by gid only")
+	}
+	gid, err := parseGid(args[2])
+	if err != nil {
+		return err
+	}
+	vol := args[0]
+	v, err := a.need(vol, archiveActive...)
+	if err != nil {
+		return err
+	}
+	if v.actions[ActionReplSyncAsClient] > 0 {
+		return errors.Wrap(wire.ErrActionRunning, "ReplSyncAsClient")
+	}
+	resync := len(args) > 4 && args[4] == "1"
+	fail := v.failNext == ActionReplSyncAsClient
+	if fail {
+		v.failNext = ""
+	}
+	var dv *faVol
+	for _, s := range a.g.layout.Archives {
+		if s.Addr == args[3] {
+			dv = a.g.archives[s.Name].vols[vol]
+		}
+	}
+	switch {
+	case dv == nil || (dv.state != StateSyncReady && dv.state != StateArchived):
+		fail = true
+	case dv.state == StateArchived && dv.archiveUUID != v.archiveUUID && !resync:
+		fail = true // resync is required but not allowed
+	}
+	v.actions[ActionReplSyncAsClient]++
+	var from string
+	if dv != nil && !fail {
+		from = dv.state
+		dv.state = "ReplSyncAsServer"
+		if from == StateSyncReady {
+			dv.state = "FullSync"
+		}
+	}
+	a.g.later(func() {
+		if !fail {
+			set, err := meta.NewDiffSet(v.diffs.ChainToGid(v.base.SnapB, gid)...)
+			if err != nil {
+				panic(err)
+			}
+			dv.base, dv.diffs, dv.sizeLB, dv.archiveUUID = v.base, set, v.sizeLB, v.archiveUUID
+			dv.state = StateArchived
+		}
+		v.actions[ActionReplSyncAsClient]--
+	})
+	return c.SendAccept(ctx)
 }
 
 // longAction runs an action's work a step after the accept.
@@ -726,7 +820,7 @@ func newFakeArchive(g *fakeGroup, name string) *fakeArchive {
 			return err
 		}
 		set, _ := meta.NewDiffSet()
-		a.vols[args[0]] = &faVol{state: StateSyncReady, base: meta.DefaultState(), diffs: set,
+		a.vols[args[0]] = &faVol{state: StateSyncReady, archiveUUID: zeroUUID, base: meta.DefaultState(), diffs: set,
 			restored: map[uint64]bool{}, cold: map[uint64]bool{}, actions: map[string]int{}}
 		return c.SendOK(ctx)
 	})
@@ -743,7 +837,7 @@ func newFakeArchive(g *fakeGroup, name string) *fakeArchive {
 			return err
 		}
 		set, _ := meta.NewDiffSet()
-		v.state, v.base, v.diffs = StateSyncReady, meta.DefaultState(), set
+		v.state, v.base, v.diffs, v.archiveUUID, v.sizeLB = StateSyncReady, meta.DefaultState(), set, zeroUUID, 0
 		return c.SendOK(ctx)
 	})
 	a.handle("start", func(c *wire.Conn, ctx context.Context, args []string) error {
@@ -886,14 +980,24 @@ func newFakeArchive(g *fakeGroup, name string) *fakeArchive {
 		if err != nil {
 			return err
 		}
-		n, err := strconv.ParseUint(strings.TrimSuffix(args[1], "m"), 10, 64)
-		if err != nil {
-			return errors.Wrap(server.ErrBadArgs, "size")
+		var lb uint64
+		if mb, ok := strings.CutSuffix(args[1], "m"); ok {
+			n, err := strconv.ParseUint(mb, 10, 64)
+			if err != nil {
+				return errors.Wrap(server.ErrBadArgs, "size")
+			}
+			lb = n << 11
+		} else {
+			n, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil || n%512 != 0 {
+				return errors.Wrap(server.ErrBadArgs, "size")
+			}
+			lb = n / 512
 		}
-		if n<<11 < v.sizeLB {
+		if lb < v.sizeLB {
 			return errors.Wrap(wire.ErrBadRequest, "cannot shrink")
 		}
-		v.sizeLB = n << 11
+		v.sizeLB = lb
 		return c.SendOK(ctx)
 	})
 	for _, cmd := range []string{"enable-snapshot", "disable-snapshot"} {
@@ -1002,9 +1106,16 @@ func newFakeArchive(g *fakeGroup, name string) *fakeArchive {
 		return v.diffs.LatestSnap(v.base).String(), nil
 	})
 	withVol("vol-size", func(v *faVol, args []string) (any, error) { return v.sizeLB, nil })
-	withVol("progress", func(v *faVol, args []string) (any, error) { return uint64(0), nil })
+	withVol("progress", func(v *faVol, args []string) (any, error) { return v.progress, nil })
 	withVol("num-action", func(v *faVol, args []string) (any, error) { return uint64(v.actions[args[0]]), nil })
 	withVol("uuid", func(v *faVol, args []string) (any, error) { return "00112233445566778899aabbccddeeff", nil })
+	withVol("archive-uuid", func(v *faVol, args []string) (any, error) {
+		if !IsArchiveActive(v.state) {
+			return nil, errors.Wrapf(server.ErrWrongState, "%s: archive-uuid of a volume in state %s", a.name, v.state)
+		}
+		return v.archiveUUID, nil
+	})
+	withVol("exists-base-image", func(v *faVol, args []string) (any, error) { return v.sizeLB > 0, nil })
 	withVol("restored-path", func(v *faVol, args []string) (any, error) {
 		g := gidArg(args, 0, 0)
 		if !v.restored[g] {
@@ -1020,6 +1131,31 @@ func newFakeArchive(g *fakeGroup, name string) *fakeArchive {
 		return fmt.Sprintf("vol/%d", g), nil
 	})
 	a.get("volume-group", func([]string) (any, error) { return "vg0", nil })
+	a.handle("replicate", func(c *wire.Conn, ctx context.Context, args []string) error {
+		return a.replicate(c, ctx, args)
+	})
+	a.handle("bhash", func(c *wire.Conn, ctx context.Context, args []string) error {
+		if err := nargs(args, 2, 4, "bhash VOL GID [BULK [SIZE]]"); err != nil {
+			return err
+		}
+		gid, err := parseGid(args[1])
+		if err != nil {
+			return err
+		}
+		v, err := a.need(args[0], append(slices.Clone(active), StateStopped)...)
+		if err != nil {
+			return err
+		}
+		if !v.diffs.IsRestorable(v.base, gid) {
+			return errors.Wrapf(wire.ErrBadRequest, "gid %d is not restorable", gid)
+		}
+		if err := c.SendOK(ctx); err != nil {
+			return err
+		}
+		// One line per bulk in the real server; the fake's image is one
+		// bulk whose hash stands for the volume's lineage and gid.
+		return c.SendStrings(ctx, []string{fmt.Sprintf("%s%016x", v.archiveUUID[16:], gid)})
+	})
 	a.get("all-actions", func(args []string) (any, error) {
 		out := []string{}
 		for _, n := range slices.Sorted(maps.Keys(a.vols)) {

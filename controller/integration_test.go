@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -53,6 +54,13 @@ func runServer(t *testing.T, g *realGroup, run func(ctx context.Context) error, 
 
 func newRealGroup(t *testing.T, devBytes int64) *realGroup {
 	t.Helper()
+	return newRealGroupN(t, devBytes, 1, 1)
+}
+
+// newRealGroupN runs storage s0, proxies p0.. and archives a0.. (a0 the
+// primary).
+func newRealGroupN(t *testing.T, devBytes int64, nProxy, nArchive int) *realGroup {
+	t.Helper()
 	dir := t.TempDir()
 	mk := func(name string) string {
 		p := filepath.Join(dir, name)
@@ -67,29 +75,38 @@ func newRealGroup(t *testing.T, devBytes int64) *realGroup {
 			RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond}
 	}
 
-	// Archive a0.
-	store, err := imagestore.OpenDir(ctx, mk("a0-images"), &imagestore.DirOptions{Logger: quietLogger})
-	require.NoError(t, err)
-	as, err := archive.NewServer(scfg("a0"), archive.Config{BaseDir: mk("a0"), Images: store, Logger: quietLogger})
-	require.NoError(t, err)
-	require.NoError(t, as.Listen())
-	runServer(t, g, as.Run, func() { as.Shutdown(server.Force) })
-	a0 := Server{Name: "a0", Addr: as.Addr().String(), Kind: KindArchive}
+	// The archives.
+	for i := 0; i < nArchive; i++ {
+		name := fmt.Sprintf("a%d", i)
+		store, err := imagestore.OpenDir(ctx, mk(name+"-images"), &imagestore.DirOptions{Logger: quietLogger})
+		require.NoError(t, err)
+		as, err := archive.NewServer(scfg(name), archive.Config{BaseDir: mk(name), Images: store, Logger: quietLogger})
+		require.NoError(t, err)
+		require.NoError(t, as.Listen())
+		runServer(t, g, as.Run, func() { as.Shutdown(server.Force) })
+		g.layout.Archives = append(g.layout.Archives, Server{Name: name, Addr: as.Addr().String(), Kind: KindArchive})
+	}
+	a0 := g.layout.Archives[0]
 
-	// Proxy p0.
-	ps, err := proxy.NewServer(scfg("p0"), proxy.Config{BaseDir: mk("p0"), Logger: quietLogger,
-		Archive: proxy.NewArchiveClient(archive.ClientOptions{ClientID: "p0"}),
-		Delay:   20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, StopTimeout: 10 * time.Second})
-	require.NoError(t, err)
-	require.NoError(t, ps.Listen())
-	runServer(t, g, ps.Run, func() { ps.Shutdown(server.Force) })
-	p0 := Server{Name: "p0", Addr: ps.Addr().String(), Kind: KindProxy}
+	// The proxies.
+	var proxyAddrs []string
+	for i := 0; i < nProxy; i++ {
+		name := fmt.Sprintf("p%d", i)
+		ps, err := proxy.NewServer(scfg(name), proxy.Config{BaseDir: mk(name), Logger: quietLogger,
+			Archive: proxy.NewArchiveClient(archive.ClientOptions{ClientID: name}),
+			Delay:   20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, StopTimeout: 10 * time.Second})
+		require.NoError(t, err)
+		require.NoError(t, ps.Listen())
+		runServer(t, g, ps.Run, func() { ps.Shutdown(server.Force) })
+		g.layout.Proxies = append(g.layout.Proxies, Server{Name: name, Addr: ps.Addr().String(), Kind: KindProxy})
+		proxyAddrs = append(proxyAddrs, ps.Addr().String())
+	}
 
 	// The WalB device and storage s0.
 	devDir := mk("dev")
 	ldev, ddev := filepath.Join(devDir, "ldev"), filepath.Join(devDir, "ddev")
 	data := make([]byte, devBytes)
-	_, err = rand.Read(data)
+	_, err := rand.Read(data)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(ddev, data, 0o600))
 	require.NoError(t, os.WriteFile(ldev, nil, 0o600))
@@ -104,7 +121,7 @@ func newRealGroup(t *testing.T, devBytes int64) *realGroup {
 	devs := storage.NewDeviceMap()
 	devs.AddWalb(g.wdev, g.dev)
 	ss, err := storage.NewServer(scfg("s0"), storage.Config{
-		BaseDir: mk("s0"), Archive: a0.Addr, Proxies: []string{p0.Addr}, Devices: devs,
+		BaseDir: mk("s0"), Archive: a0.Addr, Proxies: proxyAddrs, Devices: devs,
 		ProxyClient:      storage.WireProxies{Client: &proxy.Client{ID: "s0"}},
 		ArchiveClient:    storage.WireArchive{Options: archive.FullSyncOptions{ClientOptions: archive.ClientOptions{ClientID: "s0"}}},
 		MaxWlogSendBytes: 1 << 20, SnapshotInterval: time.Second,
@@ -116,9 +133,7 @@ func newRealGroup(t *testing.T, devBytes int64) *realGroup {
 	require.NoError(t, err)
 	require.NoError(t, ss.Server().Listen())
 	runServer(t, g, ss.Run, func() { ss.Server().Shutdown(server.Force) })
-	s0 := Server{Name: "s0", Addr: ss.Server().Addr().String(), Kind: KindStorage}
-
-	g.layout = Layout{Storages: []Server{s0}, Proxies: []Server{p0}, Archives: []Server{a0}}
+	g.layout.Storages = []Server{{Name: "s0", Addr: ss.Server().Addr().String(), Kind: KindStorage}}
 	return g
 }
 
@@ -293,4 +308,135 @@ func TestIntegration(t *testing.T) {
 	img, err = ctl.Restore(ctx, a0, "vol0", gid)
 	require.NoError(t, err)
 	require.Equal(t, sha, fileSHA(t, img.Path, g.dev.Size()))
+}
+
+// TestIntegrationReplication drives replication and synchronizing mode on
+// real servers (system.md §10 n7, n8, n10, n14, r2): a full then a diff
+// replication checked by restores and block hashes, synchronize and
+// stop_synchronizing, copy_archive_info, and a replica of another lineage
+// that needs a resync.
+func TestIntegrationReplication(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real servers")
+	}
+	g := newRealGroupN(t, 4<<20, 2, 2)
+	ctl, err := New(g.layout, &Options{ClientID: "it", Logger: quietLogger, PollInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const vol = "vol0"
+	s0, p0, p1 := g.layout.Storages[0], g.layout.Proxies[0], g.layout.Proxies[1]
+	a0, a1 := g.layout.Archives[0], g.layout.Archives[1]
+	size := g.dev.Size()
+	restoreSHA := func(ax Server, gid uint64) string {
+		t.Helper()
+		img, err := ctl.Restore(ctx, ax, vol, gid)
+		require.NoError(t, err, "%s restore %d", ax.Name, gid)
+		sha := fileSHA(t, img.Path, size)
+		require.NoError(t, ctl.DelRestored(ctx, ax, vol, gid))
+		return sha
+	}
+	write := func() {
+		w := startWriter(g.dev)
+		time.Sleep(30 * time.Millisecond)
+		w.finish(t)
+	}
+
+	require.NoError(t, ctl.InitStorage(ctx, s0, vol, g.wdev))
+	_, err = ctl.FullBackup(ctx, s0, vol, nil)
+	require.NoError(t, err)
+	write()
+	gid1, err := ctl.Snapshot(ctx, s0, vol, []Server{a0})
+	require.NoError(t, err)
+	sha1 := deviceSHA(t, g.dev)
+
+	// n7: a full replication to a Clear archive.
+	gid, err := ctl.ReplicateOnce(ctx, a0, vol, a1, nil)
+	require.NoError(t, err)
+	require.Equal(t, gid1, gid)
+	require.Equal(t, sha1, restoreSHA(a1, gid1))
+	h0, err := ctl.BlockHash(ctx, a0, vol, gid1, 0, 0)
+	require.NoError(t, err)
+	h1, err := ctl.BlockHash(ctx, a1, vol, gid1, 0, 0)
+	require.NoError(t, err)
+	require.Len(t, h0, 1)
+	require.Equal(t, h0, h1)
+	u0, err := ctl.GetArchiveUUID(ctx, a0, vol)
+	require.NoError(t, err)
+	u1, err := ctl.GetArchiveUUID(ctx, a1, vol)
+	require.NoError(t, err)
+	require.Equal(t, u0, u1)
+	p, err := ctl.GetProgress(ctx, a1, vol)
+	require.NoError(t, err)
+	require.Equal(t, Progress{State: StateArchived, SizeLB: uint64(size / 512)}, p)
+
+	// n8: a diff replication after new writes, dontMerge and options.
+	write()
+	gid2, err := ctl.Snapshot(ctx, s0, vol, []Server{a0})
+	require.NoError(t, err)
+	sha2 := deviceSHA(t, g.dev)
+	sync := DefaultSyncOpt()
+	gid, err = ctl.ReplicateOnce(ctx, a0, vol, a1, &ReplicateOptions{DontMerge: true, Sync: &sync})
+	require.NoError(t, err)
+	require.Equal(t, gid2, gid)
+	require.Equal(t, sha2, restoreSHA(a1, gid2))
+
+	// n10: synchronizing; a snapshot reaches both with the same image.
+	write()
+	gid, err = ctl.Synchronize(ctx, a0, vol, a1, nil)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, gid, gid2)
+	syncing, err := ctl.IsSynchronizing(ctx, a1, vol)
+	require.NoError(t, err)
+	require.True(t, syncing)
+	for _, px := range g.layout.Proxies {
+		st, err := ctl.GetState(ctx, px, vol)
+		require.NoError(t, err)
+		require.Contains(t, proxyActive, st, px.Name)
+	}
+	write()
+	gid3, err := ctl.Snapshot(ctx, s0, vol, []Server{a0, a1})
+	require.NoError(t, err)
+	sha3 := deviceSHA(t, g.dev)
+	require.Equal(t, sha3, restoreSHA(a0, gid3))
+	require.Equal(t, sha3, restoreSHA(a1, gid3))
+
+	// r2's first step: p1 loses its archive infos and gets p0's back.
+	require.NoError(t, ctl.DelArchiveFromProxy(ctx, p1, vol, a0))
+	require.NoError(t, ctl.DelArchiveFromProxy(ctx, p1, vol, a1))
+	require.NoError(t, ctl.VerifyState(ctx, p1, vol, StateClear))
+	require.NoError(t, ctl.CopyArchiveInfo(ctx, p0, vol, p1))
+	st, err := ctl.GetState(ctx, p1, vol)
+	require.NoError(t, err)
+	require.Contains(t, proxyActive, st)
+	for _, ax := range []Server{a0, a1} {
+		syncing, err := ctl.IsSynchronizing(ctx, ax, vol)
+		require.NoError(t, err)
+		require.True(t, syncing, ax.Name)
+	}
+
+	// stop_synchronizing: a1 no longer advances.
+	require.NoError(t, ctl.StopSynchronizing(ctx, a1, vol))
+	syncing, err = ctl.IsSynchronizing(ctx, a1, vol)
+	require.NoError(t, err)
+	require.False(t, syncing)
+	write()
+	gid4, err := ctl.Snapshot(ctx, s0, vol, []Server{a0})
+	require.NoError(t, err)
+	require.NoError(t, ctl.VerifyNotRestorable(ctx, a1, vol, gid4, 300*time.Millisecond))
+
+	// n14: a0 rebuilt by a full backup is of another lineage; a plain
+	// replication is refused, one with resync brings a1 in line.
+	require.NoError(t, ctl.Stop(ctx, s0, vol, StopGraceful))
+	require.NoError(t, ctl.Stop(ctx, a0, vol, StopGraceful))
+	require.NoError(t, ctl.Reset(ctx, a0, vol))
+	gid5, err := ctl.FullBackup(ctx, s0, vol, nil)
+	require.NoError(t, err)
+	sha5 := deviceSHA(t, g.dev)
+	_, err = ctl.ReplicateOnce(ctx, a0, vol, a1, nil)
+	require.ErrorIs(t, err, ErrUUIDMismatch)
+	gid, err = ctl.ReplicateOnce(ctx, a0, vol, a1, &ReplicateOptions{Resync: true})
+	require.NoError(t, err)
+	require.Equal(t, gid5, gid)
+	require.Equal(t, sha5, restoreSHA(a1, gid5))
 }

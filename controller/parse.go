@@ -348,6 +348,38 @@ func (o SyncOpt) ArchiveInfoArgs() []string {
 	return []string{o.Compression.String(), strconv.FormatInt(int64(o.Delay/time.Second), 10)}
 }
 
+// ReplicateArgs returns the trailing arguments of replicate: "CMPR
+// MAXMERGE BULK" (walb-tools SyncOpt.getReplicateArgs). A zero MaxMergeSize
+// or BulkSize stands for its default (DefaultMaxMergeSize,
+// DefaultSyncBulkSize).
+func (o SyncOpt) ReplicateArgs() []string {
+	mm, bulk := o.MaxMergeSize, o.BulkSize
+	if mm == 0 {
+		mm = DefaultMaxMergeSize
+	}
+	if bulk == 0 {
+		bulk = DefaultSyncBulkSize
+	}
+	return []string{o.Compression.String(), FormatSize(mm), FormatSize(bulk)}
+}
+
+// FormatSize writes a byte count the way walb-tools' size arguments are
+// written: with the largest of the K, M, G, T suffixes (powers of 1024)
+// that divides it exactly, or as a plain number.
+func FormatSize(n uint64) string {
+	if n > 0 {
+		for _, u := range []struct {
+			shift  uint
+			suffix string
+		}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
+			if n%(1<<u.shift) == 0 {
+				return strconv.FormatUint(n>>u.shift, 10) + u.suffix
+			}
+		}
+	}
+	return strconv.FormatUint(n, 10)
+}
+
 // ArchiveInfo is a proxy's record of where and how it sends a volume's
 // diffs to one archive (archive-info get).
 type ArchiveInfo struct {

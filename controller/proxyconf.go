@@ -166,13 +166,26 @@ func (c *Controller) DelArchiveFromProxy(ctx context.Context, px Server, vol str
 
 // CopyArchiveInfo gives proxy pDst the archive infos pSrc has for vol,
 // then starts vol on pDst (walb-tools copy_archive_info, used to replace
-// a proxy). Every archive named must be in the layout.
+// a proxy). Every archive named must be in the layout, and pSrc must
+// have at least one (ErrBadState otherwise); they are all checked before
+// pDst is changed. A running pDst is force-stopped first.
 func (c *Controller) CopyArchiveInfo(ctx context.Context, pSrc Server, vol string, pDst Server) error {
+	if err := needKind(pDst, KindProxy); err != nil {
+		return err
+	}
+	if pSrc.Name == pDst.Name || pSrc.Addr == pDst.Addr {
+		return errors.Wrapf(ErrBadArgs, "copy of %s's archive infos to itself", pSrc)
+	}
 	names, err := c.GetArchiveInfoList(ctx, pSrc, vol)
 	if err != nil {
 		return err
 	}
-	for _, name := range names {
+	if len(names) == 0 {
+		return errors.Wrapf(ErrBadState, "%s has no archive info for %s", pSrc, vol)
+	}
+	axs := make([]Server, len(names))
+	opts := make([]SyncOpt, len(names))
+	for i, name := range names {
 		ax, ok := c.layout.Find(name)
 		if !ok || ax.Kind != KindArchive {
 			return errors.Wrapf(ErrBadLayout, "%s forwards %s to %q, which is not an archive of the layout", pSrc, vol, name)
@@ -181,8 +194,10 @@ func (c *Controller) CopyArchiveInfo(ctx context.Context, pSrc Server, vol strin
 		if err != nil {
 			return err
 		}
-		opt := info.SyncOpt()
-		if err := c.AddArchiveToProxy(ctx, pDst, vol, ax, &opt, false); err != nil {
+		axs[i], opts[i] = ax, info.SyncOpt()
+	}
+	for i, ax := range axs {
+		if err := c.AddArchiveToProxy(ctx, pDst, vol, ax, &opts[i], false); err != nil {
 			return err
 		}
 	}

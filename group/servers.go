@@ -151,6 +151,7 @@ func (g *Group) startArchive(ctx context.Context, name string) (*archiveNode, er
 		// restored image would differ from the device it backs up.
 		Discard:          archive.DiscardPassdown,
 		MergeCompression: &cmpr,
+		ClientWire:       g.clientWire,
 	}
 	if a.nbd != nil {
 		ecfg.NBD = a.nbd.srv

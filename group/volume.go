@@ -123,6 +123,29 @@ func (v *Volume) Apply(ctx context.Context, gid uint64) error {
 	return v.g.ctl.Apply(ctx, v.g.Primary(), v.name, gid)
 }
 
+// HashBackup brings the volume back under backup by comparing the device
+// with the primary archive's latest image and sending only the chunks that
+// differ (controller.HashBackup): after GoStandby, after the log
+// overflowed, or to move the backup to another storage holding a replica.
+// It returns a gid restorable afterwards; the volume is then Target.
+func (v *Volume) HashBackup(ctx context.Context) (uint64, error) {
+	return v.g.ctl.HashBackup(ctx, v.Storage(), v.name, v.g.BackupOptions())
+}
+
+// GoStandby stops backing the volume up: its storage discards the log
+// instead of sending it (controller.GoStandby). HashBackup resumes.
+func (v *Volume) GoStandby(ctx context.Context) error {
+	return v.g.ctl.GoStandby(ctx, v.Storage(), v.name)
+}
+
+// ReplicateTo copies the volume from the primary archive to archive ax up
+// to its newest restorable snapshot (controller.ReplicateOnce: full, hash
+// or diff replication, whichever the archives' states call for) and
+// returns that gid.
+func (v *Volume) ReplicateTo(ctx context.Context, ax controller.Server) (uint64, error) {
+	return v.g.ctl.ReplicateOnce(ctx, v.g.Primary(), v.name, ax, nil)
+}
+
 // ValidName checks that name can name a volume of a group: a server volume
 // name ([0-9A-Za-z-], at most 64 bytes) that is also a WalB device name
 // (at most 25 bytes, not starting with '-').

@@ -43,7 +43,7 @@ func BenchmarkWlogExtraction(b *testing.B) {
 	if err := e.st.InitVol(ctx, "v", "d0"); err != nil {
 		b.Fatal(err)
 	}
-	if err := e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 1 << 20}); err != nil {
+	if err := e.st.FullBackup(ctx, "v", BackupOptions{BulkSize: 1 << 20}); err != nil {
 		b.Fatal(err)
 	}
 	buf := make([]byte, 256<<10)

@@ -114,11 +114,28 @@ func (c Client) Snapshot(ctx context.Context, vol string) (uint64, error) {
 // FullBackup runs full-bkp VOL [BULK] (bulk in bytes; 0 = default). It
 // returns once the archive accepted the backup; poll State until Target.
 func (c Client) FullBackup(ctx context.Context, vol string, bulk uint64) error {
+	return c.expect(ctx, wire.ReplyAccept, CmdFullBkp, bulkArgs(vol, bulk)...)
+}
+
+// HashBackup runs hash-bkp VOL [BULK] (bulk in bytes; 0 = default). It
+// returns once the archive accepted the backup; poll State until Target.
+func (c Client) HashBackup(ctx context.Context, vol string, bulk uint64) error {
+	return c.expect(ctx, wire.ReplyAccept, CmdHashBkp, bulkArgs(vol, bulk)...)
+}
+
+// Progress runs get progress VOL: the logical blocks the running backup
+// has dealt with, 0 when none runs.
+func (c Client) Progress(ctx context.Context, vol string) (lb uint64, err error) {
+	err = c.get(ctx, func(conn *wire.Conn) error { lb, err = conn.RecvU64(ctx); return err }, GetProgress, vol)
+	return lb, err
+}
+
+func bulkArgs(vol string, bulk uint64) []string {
 	args := []string{vol}
 	if bulk != 0 {
 		args = append(args, strconv.FormatUint(bulk, 10))
 	}
-	return c.expect(ctx, wire.ReplyAccept, CmdFullBkp, args...)
+	return args
 }
 
 // Resize runs resize VOL SIZE (sizeLB in logical blocks; 0 = the data

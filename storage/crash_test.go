@@ -21,6 +21,7 @@ import (
 	"github.com/pkg/errors"
 	"github.com/stretchr/testify/require"
 
+	"github.com/walb-go/walb/hashsync"
 	"github.com/walb-go/walb/meta"
 	"github.com/walb-go/walb/walb"
 	"github.com/walb-go/walb/wlog"
@@ -175,11 +176,27 @@ func crashStorage(t testing.TB, l crashLayout, run int, archive ArchiveClient) (
 	}
 }
 
-// slowArchive is an archive that accepts a full backup and reads it slowly,
-// so that a child is killed in the middle of it.
+// slowArchive is an archive that accepts a full or hash backup and reads
+// the device slowly, so that a child is killed in the middle of it. Its
+// image, for a hash backup, is all zeros.
 type slowArchive struct{}
 
-func (slowArchive) OpenFullSync(ctx context.Context, addr string, req FullSyncRequest) (FullSyncSession, error) {
+func (slowArchive) OpenHashSync(ctx context.Context, addr string, req SyncRequest) (HashSyncSession, error) {
+	a := &fakeArchive{image: make([]byte, req.SizeLB*walb.LBS)}
+	s, err := a.OpenHashSync(ctx, addr, req)
+	if err != nil {
+		return nil, err
+	}
+	return slowHashSession{s}, nil
+}
+
+type slowHashSession struct{ HashSyncSession }
+
+func (s slowHashSession) SendDiff(ctx context.Context, src io.ReaderAt, progress func(hashsync.Stats)) (hashsync.Stats, error) {
+	return s.HashSyncSession.SendDiff(ctx, slowReader{src}, progress)
+}
+
+func (slowArchive) OpenFullSync(ctx context.Context, addr string, req SyncRequest) (FullSyncSession, error) {
 	s, err := (&fakeArchive{}).OpenFullSync(ctx, addr, req)
 	return slowSession{s}, err
 }
@@ -211,8 +228,12 @@ func TestCrashChild(t *testing.T) {
 	switch mode {
 	case "fullbkp":
 		// Killed during the copy.
-		err := st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 8 << 10})
+		err := st.FullBackup(ctx, "v", BackupOptions{BulkSize: 8 << 10})
 		t.Fatalf("full backup returned (%v); it should have been killed", err)
+	case "hashbkp":
+		// Killed during the comparison.
+		err := st.HashBackup(ctx, "v", BackupOptions{BulkSize: 8 << 10})
+		t.Fatalf("hash backup returned (%v); it should have been killed", err)
 	case "work":
 		require.Equal(t, StateTarget, st.State("v"))
 		w := startWriter(dev, uint64(run)*7919)
@@ -293,6 +314,14 @@ func TestCrashRecovery(t *testing.T) {
 		require.NoError(t, st.InitVol(context.Background(), "v", "d0"))
 	}()
 	runChild(t, l, "fullbkp", 1, time.Duration(150+rng.IntN(200))*time.Millisecond)
+	// The same for a hash backup (spec §7: transient states are not
+	// persisted).
+	func() {
+		_, st, closeAll := crashStorage(t, l, 1, &fakeArchive{})
+		defer closeAll()
+		require.Equal(t, StateSyncReady, st.State("v"), "an interrupted full backup leaves SyncReady")
+	}()
+	runChild(t, l, "hashbkp", 1, time.Duration(150+rng.IntN(200))*time.Millisecond)
 
 	// The backup, rerun to completion in this process.
 	archive := &fakeArchive{}
@@ -300,7 +329,7 @@ func TestCrashRecovery(t *testing.T) {
 		_, st, closeAll := crashStorage(t, l, 2, archive)
 		defer closeAll()
 		require.Equal(t, StateSyncReady, st.State("v"), "an interrupted backup leaves SyncReady")
-		require.NoError(t, st.FullBackup(context.Background(), "v", FullBackupOptions{BulkSize: 64 << 10}))
+		require.NoError(t, st.FullBackup(context.Background(), "v", BackupOptions{BulkSize: 64 << 10}))
 		require.Equal(t, StateTarget, st.State("v"))
 	}()
 	require.NoError(t, os.WriteFile(l.image, archive.image, 0o644))

@@ -90,7 +90,7 @@ func TestDevhostDevice(t *testing.T) {
 	}
 
 	write(20)
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 64 << 10}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{BulkSize: 64 << 10}))
 	require.Equal(t, StateTarget, e.st.State("v"))
 	uuid, err := e.st.UUID("v")
 	require.NoError(t, err)

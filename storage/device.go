@@ -38,7 +38,8 @@ type Device interface {
 	// below the oldest lsid.
 	NewPackReader(ctx context.Context, begin, end uint64) (PackReader, error)
 	// ReadAt reads the device image at byte offset off while writes go on
-	// (a full backup's online copy).
+	// (a backup's online copy). A hash backup calls it from several
+	// goroutines at once.
 	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 	// ResetWAL clears the log: lsids 0, a new uuid and salt, no overflow.
 	ResetWAL(ctx context.Context) error

@@ -2,8 +2,8 @@
 // §3): the first hop of continuous backup, storage -> proxy -> archive. For
 // each volume it watches a WalB device, assigns generation ids (gids) to
 // snapshots, extracts the device's write log (wlogs) and sends it to the
-// first available proxy, and runs full backups of the device straight to
-// the primary archive. It keeps walb-tools' semantics; its wire protocol is
+// first available proxy, and runs full and hash backups of the device
+// straight to the primary archive. It keeps walb-tools' semantics; its wire protocol is
 // this module's (package wire).
 //
 // Storage is the engine: commands are its methods (InitVol, StartVol,
@@ -20,7 +20,7 @@
 //	err = st.Recover(ctx)
 //	go st.Run(ctx)
 //	err = st.InitVol(ctx, "vol0", "vol0-dev")
-//	err = st.FullBackup(ctx, "vol0", storage.FullBackupOptions{})
+//	err = st.FullBackup(ctx, "vol0", storage.BackupOptions{})
 //	gid, err := st.Snapshot(ctx, "vol0")
 //
 // # Devices
@@ -60,7 +60,7 @@
 //	SyncReady -> StartStandby -> Standby     start VOL standby
 //	Standby   -> StopStandby  -> SyncReady   stop
 //	SyncReady -> FullSync     -> Stopped     full-bkp (then StartTarget -> Target)
-//	SyncReady -> HashSync     -> Stopped     hash-bkp (package hashsync)
+//	SyncReady -> HashSync     -> Stopped     hash-bkp (then StartTarget -> Target)
 //	Stopped   -> Reset        -> SyncReady   reset-vol VOL [GID]
 //	Stopped   -> StartTarget  -> Target      start VOL target
 //	Target    -> StopTarget   -> Stopped     stop
@@ -118,6 +118,17 @@
 // -delay, doubling up to -maxdelay. An overflowed Target is moved to
 // Stopped; the recovery is a hash-bkp. A Standby only releases its log.
 //
+// # Standby and overflow (§3.6)
+//
+// A Standby volume (a replica that is not the target) is monitored only to
+// free its log: each run erases the log up to prev_written (WlogRemove);
+// nothing is sent. When a Target's log ring overwrites logs not yet sent
+// (the proxies were unreachable too long), the logs needed are lost: the
+// next run moves the volume to Stopped and stops monitoring it; get
+// is-overflow answers true; snapshot and start target fail with the
+// overflow code; start standby resets the log first (gid 0). The recovery
+// is reset-vol (Stopped -> SyncReady), then hash-bkp.
+//
 // # Proxies
 //
 // The proxies are tried in priority order, skipping those the heartbeat
@@ -127,33 +138,54 @@
 // thus preferred again within a check period; kick makes every proxy due
 // (and checks one at once when none is available).
 //
-// # Full backup (§3.7)
+// # Full and hash backups (§3.7)
 //
-// full-bkp VOL [BULK]: the archive accepts (the reply to the controller is
-// accept), the log is reset with gid 0 and its uuid sent, the volume is
-// monitored (logs written meanwhile flow to the proxies), the image is read
-// in bulks (paced by -fst / set-full-scan-bps) and sent, an explicit
-// snapshot gidE is taken and the archive told it holds |0,gidE|, which the
-// logs from gid 0 make clean at gidE; on the archive's ACK the volume is
-// Target. A failure leaves SyncReady and the backup must be rerun.
+// full-bkp VOL [BULK] and hash-bkp VOL [BULK] share one flow (backup.go):
+// the archive accepts (the reply to the controller is accept, a refusal is
+// relayed as the error), the log is reset at the backup's first gid gidB
+// and its uuid sent, the volume is monitored (logs written meanwhile flow
+// to the proxies), the device is copied with its reads paced by -fst /
+// set-full-scan-bps, an explicit snapshot gidE is taken and the archive
+// told it holds |gidB,gidE|, which the logs from gidB make clean at gidE;
+// on the archive's ACK the volume is Target. They differ in gidB and the
+// copy:
+//
+//	full-bkp  gidB 0                   every bulk of the image is sent
+//	hash-bkp  gidB = From.GidE + 1     the archive sends the hashes of its
+//	          (From: the archive's     image at From chunk by chunk; only
+//	          latest snapshot)         the chunks that differ are sent
+//	                                   (package hashsync)
+//
+// hash-bkp is how a volume whose log overflowed recovers (reset-vol, then
+// hash-bkp) and how a standby becomes the target of a volume the archive
+// already holds. A failure, and a force stop, leave SyncReady and
+// unmonitored, and the archive as it was; the backup must be rerun.
+// BackupProgress (get progress VOL, status VOL) tells how far a running
+// backup is.
 //
 // # Protocols
 //
-// The storage is a client of two protocols, behind ProxyClient and
+// The storage is a client of three protocols, behind ProxyClient and
 // ArchiveClient: wlog-transfer to a proxy (WireProxies, package proxy's
-// client: header, logpacks, diff, ACK) and dirty-full-sync to the archive
-// (WireArchive, package archive's client: uuid, bulks, snapshot, ACKs). It
-// serves these commands (Server; replies ok unless noted):
+// client: header, logpacks, diff, ACK), and dirty-full-sync (uuid, bulks,
+// snapshot, ACKs) and dirty-hash-sync (From, uuid, hash and data streams,
+// snapshot, ACKs) to the archive (WireArchive, package archive's clients).
+// It serves these commands (Server; replies ok unless noted):
 //
 //	init-vol VOL WDEV            clear-vol VOL
 //	reset-vol VOL [GID]          start VOL [target|standby]
 //	stop VOL [graceful|force]    accept, then stops
 //	snapshot VOL                 ok, gid
 //	full-bkp VOL [BULK]          accept once the archive accepted
+//	hash-bkp VOL [BULK]          accept once the archive accepted
 //	resize VOL SIZE              set-full-scan-bps BPS
 //	kick, status [VOL], shutdown, sleep, version, handler-stat (package server)
 //	get state VOL | vol | is-overflow VOL | log-usage [VOL] |
-//	    latest-snap [VOL] | uuid VOL | ts-delta | host-type | pid | handler-stat
+//	    latest-snap [VOL] | uuid VOL | ts-delta | progress VOL |
+//	    host-type | pid | handler-stat
 //
-// hash-bkp (§3.7, dirty-hash-sync) comes with package hashsync.
+// Refusals carry a wire code: wrong-state for a command the volume's state
+// does not allow, overflow (CodeOverflow) for snapshot and start target on
+// an overflowed log, not-found for an unknown volume, and the archive's own
+// code for a backup it refused.
 package storage

@@ -69,6 +69,9 @@ var (
 	// transfer ran (a bug or an operator acting on the directory); the
 	// transfer's result is dropped and it runs again.
 	ErrRaced error = &codedError{"storage: volume metadata changed during a transfer", wire.ErrFailed}
+	// ErrBadArchiveSnap means an archive accepted a hash backup but named a
+	// latest snapshot no log can follow (invalid, or gids exhausted).
+	ErrBadArchiveSnap error = &codedError{"storage: the archive's latest snapshot cannot start a hash backup", wire.ErrFailed}
 	// ErrClosed means the Storage was closed.
 	ErrClosed error = &codedError{"storage: closed", wire.ErrShuttingDown}
 )

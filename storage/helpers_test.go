@@ -17,8 +17,11 @@ import (
 	"github.com/pkg/errors"
 	"github.com/stretchr/testify/require"
 
+	"github.com/walb-go/walb/hashsync"
 	"github.com/walb-go/walb/meta"
 	"github.com/walb-go/walb/walb"
+	"github.com/walb-go/walb/wdiff"
+	"github.com/walb-go/walb/wire"
 	"github.com/walb-go/walb/wlog"
 )
 
@@ -212,7 +215,10 @@ func (s *fakeWlogSession) Commit(_ context.Context, d meta.Diff) error {
 
 func (s *fakeWlogSession) Abort(error) { s.done = true }
 
-// fakeArchive records full backups into an in-memory base image.
+// fakeArchive keeps one volume's image in memory. A full backup replaces
+// it; a hash backup runs the real comparison (package hashsync, both halves
+// over pipes) against it and applies the differing chunks; catchUp applies
+// the proxies' transfers, as a real archive applies the diffs it receives.
 type fakeArchive struct {
 	mu      sync.Mutex
 	refuse  bool
@@ -222,9 +228,20 @@ type fakeArchive struct {
 	uuid    meta.UUID
 	started time.Time
 	backups int
+
+	// base and baseSnap are the image and snapshot the last backup
+	// committed; image and snap move on from them in catchUp.
+	base     []byte
+	baseSnap meta.Snap
+
+	hashCutAfter int64     // cut the hash backup's data stream after this many bytes (0: never)
+	badFrom      bool      // name an invalid latest snapshot
+	hashes       int       // committed hash backups
+	hashFrom     meta.Snap // the From of the last committed hash backup
+	hashStats    hashsync.Stats
 }
 
-func (a *fakeArchive) OpenFullSync(_ context.Context, _ string, req FullSyncRequest) (FullSyncSession, error) {
+func (a *fakeArchive) OpenFullSync(_ context.Context, _ string, req SyncRequest) (FullSyncSession, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.refuse {
@@ -233,9 +250,176 @@ func (a *fakeArchive) OpenFullSync(_ context.Context, _ string, req FullSyncRequ
 	return &fakeFullSync{a: a, req: req, img: make([]byte, 0, req.SizeLB*walb.LBS)}, nil
 }
 
+// commit records a backup's result.
+func (a *fakeArchive) commit(img []byte, snap meta.Snap, uuid meta.UUID, ts time.Time) {
+	a.image, a.snap, a.uuid, a.started = img, snap, uuid, ts
+	a.base, a.baseSnap = append([]byte(nil), img...), snap
+	a.backups++
+}
+
+// latest returns a copy of the archive's image and its snapshot.
+func (a *fakeArchive) latest() ([]byte, meta.Snap) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]byte(nil), a.image...), a.snap
+}
+
+// catchUp applies, on top of the last backup's image, the transfers of the
+// log that backup started (its uuid), which must form one chain from
+// (lsid 0, gidB). It returns the gid -> end lsid of every boundary.
+func (a *fakeArchive) catchUp(t testing.TB, trs []transferRec) map[uint64]uint64 {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var mine []transferRec
+	for _, tr := range trs {
+		if tr.Header.UUID == a.uuid {
+			mine = append(mine, tr)
+		}
+	}
+	img, gids := checkChain(t, a.base, 0, a.baseSnap.GidB, mine, func(int) bool { return false })
+	a.image = img
+	g := a.baseSnap.GidB
+	if len(mine) > 0 {
+		g = mine[len(mine)-1].Diff.SnapE.GidB
+	}
+	a.snap = meta.Snap{GidB: g, GidE: max(g, a.baseSnap.GidE)}
+	return gids
+}
+
+func (a *fakeArchive) OpenHashSync(_ context.Context, _ string, req SyncRequest) (HashSyncSession, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refuse {
+		return nil, errors.New("fake archive: volume is not Archived")
+	}
+	if uint64(len(a.image)) != req.SizeLB*walb.LBS {
+		return nil, errors.Errorf("fake archive: image of %d bytes, device of %d", len(a.image), req.SizeLB*walb.LBS)
+	}
+	from := a.snap
+	if a.badFrom {
+		from = meta.Snap{GidB: 5, GidE: 3}
+	}
+	return &fakeHashSync{a: a, req: req, from: from, old: append([]byte(nil), a.image...)}, nil
+}
+
+type fakeHashSync struct {
+	a     *fakeArchive
+	req   SyncRequest
+	from  meta.Snap
+	old   []byte
+	img   []byte
+	uuid  meta.UUID
+	stats hashsync.Stats
+	began bool
+	done  bool
+}
+
+func (s *fakeHashSync) From() meta.Snap { return s.from }
+
+func (s *fakeHashSync) Begin(_ context.Context, uuid meta.UUID) error {
+	s.uuid, s.began = uuid, true
+	return nil
+}
+
+// SendDiff runs both halves of the comparison over two pipes: the hash
+// side on the archive's image, the data side on src; differing chunks are
+// applied to a copy of the image.
+func (s *fakeHashSync) SendDiff(ctx context.Context, src io.ReaderAt, progress func(hashsync.Stats)) (hashsync.Stats, error) {
+	if !s.began || s.done {
+		return hashsync.Stats{}, errors.New("fake archive: diff out of order")
+	}
+	chunk, size := int(s.req.BulkLB*walb.LBS), int64(s.req.SizeLB*walb.LBS)
+	s.img = append([]byte(nil), s.old...)
+	hr, hw := io.Pipe() // hashes, archive -> storage
+	dr, dw := io.Pipe() // data, storage -> archive
+	s.a.mu.Lock()
+	var data io.Writer = dw
+	if s.a.hashCutAfter > 0 {
+		data = &cutWriter{w: dw, left: s.a.hashCutAfter}
+	}
+	s.a.mu.Unlock()
+	hashErr := make(chan error, 1)
+	go func() {
+		st, err := hashsync.RunHashSide(ctx, dr, hw, bytes.NewReader(s.old),
+			hashsync.Session{ChunkSize: chunk, End: size}, memSink(s.img), hashsync.HashOptions{})
+		s.stats = st
+		hw.CloseWithError(closeErr(err))
+		dr.CloseWithError(closeErr(err))
+		hashErr <- err
+	}()
+	st, err := hashsync.SendDiff(ctx, hr, data, src, hashsync.DataOptions{
+		Compression: wdiff.DefaultCompression, ExpectEnd: size, ExpectChunkSize: chunk, Progress: progress,
+	})
+	dw.CloseWithError(closeErr(err))
+	hr.CloseWithError(closeErr(err))
+	if herr := <-hashErr; err == nil && herr != nil {
+		err = herr
+	}
+	return st, err
+}
+
+func closeErr(err error) error {
+	if err == nil {
+		return io.EOF
+	}
+	return err
+}
+
+func (s *fakeHashSync) Commit(_ context.Context, snap meta.Snap) error {
+	if s.done || s.img == nil {
+		return errors.New("fake archive: commit out of order")
+	}
+	s.done = true
+	if snap.GidB != s.from.GidE+1 || snap.GidE <= snap.GidB {
+		return errors.Errorf("fake archive: snapshot %s after %s", snap, s.from)
+	}
+	s.a.mu.Lock()
+	defer s.a.mu.Unlock()
+	s.a.commit(s.img, snap, s.uuid, s.req.Time)
+	s.a.hashes++
+	s.a.hashFrom, s.a.hashStats = s.from, s.stats
+	return nil
+}
+
+func (s *fakeHashSync) Abort(error) { s.done = true }
+
+// cutWriter fails once left bytes have gone through: a connection cut.
+type cutWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		n, _ := c.w.Write(p[:c.left])
+		c.left = 0
+		return n, errors.New("fake archive: connection reset")
+	}
+	c.left -= int64(len(p))
+	return c.w.Write(p)
+}
+
+// memSink applies the records of a hash comparison to an image.
+type memSink []byte
+
+func (m memSink) WriteStored(rec wdiff.Record, st wdiff.Stored) error {
+	b := m[rec.Addr*walb.LBS : (rec.Addr+uint64(rec.Blocks))*walb.LBS]
+	if !rec.IsNormal() {
+		clear(b)
+		return nil
+	}
+	out, err := wdiff.Decompress(nil, st.Data, st.Codec, len(b))
+	if err != nil {
+		return err
+	}
+	copy(b, out)
+	return nil
+}
+
 type fakeFullSync struct {
 	a     *fakeArchive
-	req   FullSyncRequest
+	req   SyncRequest
 	uuid  meta.UUID
 	img   []byte
 	bulks int
@@ -285,8 +469,7 @@ func (s *fakeFullSync) Commit(_ context.Context, snap meta.Snap) error {
 	}
 	s.a.mu.Lock()
 	defer s.a.mu.Unlock()
-	s.a.image, s.a.snap, s.a.uuid, s.a.started = s.img, snap, s.uuid, s.req.Time
-	s.a.backups++
+	s.a.commit(s.img, snap, s.uuid, s.req.Time)
 	return nil
 }
 
@@ -484,4 +667,49 @@ func sortedKeys(m map[uint64][]byte) []uint64 {
 	}
 	sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
 	return v
+}
+
+// checkBackupStops checks, on volume "v" of e (SyncReady), that a force
+// stop aborts a running backup (throttled so that it is caught in state
+// via) and that a backup beyond -fg is refused; each leaves the volume
+// SyncReady.
+func checkBackupStops(t *testing.T, e *testEnv, via string, backup func(BackupOptions) error) {
+	t.Helper()
+	ctx := context.Background()
+	e.st.SetFullScanBps(64 << 10) // 256 KiB in 4 s
+	errc := make(chan error, 1)
+	go func() { errc <- backup(BackupOptions{BulkSize: 16 << 10}) }()
+	waitFor(t, "backup running", 5*time.Second, func() bool { return e.st.State("v") == via })
+	stopErr := e.st.StopVol(ctx, "v", true)
+	require.ErrorIs(t, <-errc, ErrForceStopped)
+	require.ErrorIs(t, stopErr, wire.ErrWrongState, "the stop finds a SyncReady volume")
+	require.Equal(t, StateSyncReady, e.st.State("v"))
+	e.st.SetFullScanBps(0)
+
+	var releases []func()
+	for range e.st.cfg.MaxForeground {
+		release, err := e.st.fg.Take()
+		require.NoError(t, err)
+		releases = append(releases, release)
+	}
+	require.ErrorIs(t, backup(BackupOptions{}), wire.ErrTooManyTasks)
+	for _, release := range releases {
+		release()
+	}
+	require.Equal(t, StateSyncReady, e.st.State("v"))
+}
+
+// overflowLog writes to the device (whose log is at most a few hundred KiB)
+// until its log ring overwrites logs that were not released.
+func overflowLog(t testing.TB, d *walb.Device) {
+	t.Helper()
+	buf := make([]byte, 32<<10)
+	for i := 0; !d.IsLogOverflow(); i++ {
+		require.Less(t, i, 100, "the log should have overflowed")
+		for j := range buf {
+			buf[j] = byte(i + j)
+		}
+		_, err := d.WriteAt(buf, int64(i%8)*int64(len(buf)))
+		require.NoError(t, err)
+	}
 }

@@ -25,6 +25,7 @@ const (
 	CmdStop           = "stop"
 	CmdSnapshot       = "snapshot"
 	CmdFullBkp        = "full-bkp"
+	CmdHashBkp        = "hash-bkp"
 	CmdResize         = "resize"
 	CmdSetFullScanBps = "set-full-scan-bps"
 )
@@ -39,12 +40,13 @@ const (
 	GetLatestSnap = "latest-snap"
 	GetUUID       = "uuid"
 	GetTsDelta    = "ts-delta"
+	GetProgress   = "progress"
 )
 
 // Server serves a Storage over the network with package server: one
 // handler per storage command (system.md §3, §9) and the get targets of
 // §3.8. Replies follow walb-tools: ok (with a value for snapshot), or
-// accept for stop and full-bkp, which go on after the reply.
+// accept for stop, full-bkp and hash-bkp, which go on after the reply.
 type Server struct {
 	srv *server.Server
 	st  *Storage
@@ -84,7 +86,8 @@ func NewServer(scfg server.Config, cfg Config) (*Server, error) {
 	srv.Handle(CmdStart, s.start)
 	srv.Handle(CmdStop, s.stop)
 	srv.Handle(CmdSnapshot, s.snapshot)
-	srv.Handle(CmdFullBkp, s.fullBkp)
+	srv.Handle(CmdFullBkp, s.backup(CmdFullBkp, s.st.FullBackup))
+	srv.Handle(CmdHashBkp, s.backup(CmdHashBkp, s.st.HashBackup))
 	srv.Handle(CmdResize, s.resize)
 	srv.Handle(CmdSetFullScanBps, s.setFullScanBps)
 	srv.HandleGet(GetState, s.getState)
@@ -94,6 +97,7 @@ func NewServer(scfg server.Config, cfg Config) (*Server, error) {
 	srv.HandleGet(GetLatestSnap, s.getLatestSnap)
 	srv.HandleGet(GetUUID, s.getUUID)
 	srv.HandleGet(GetTsDelta, s.getTsDelta)
+	srv.HandleGet(GetProgress, s.getProgress)
 	return s, nil
 }
 
@@ -276,30 +280,33 @@ func (s *Server) snapshot(ctx context.Context, c *wire.Conn, args []string) erro
 	return c.SendU64(ctx, gid)
 }
 
-// fullBkp relays the archive's acceptance as accept, then runs the backup
-// on the connection's goroutine; a failure after the reply is only logged.
-func (s *Server) fullBkp(ctx context.Context, c *wire.Conn, args []string) error {
-	a, err := argsN(args, 1, 2, "full-bkp VOL [BULK]")
-	if err != nil {
-		return err
-	}
-	var bulk uint64
-	if a[1] != "" {
-		if bulk, err = ParseSize(a[1]); err != nil {
+// backup serves full-bkp or hash-bkp: it relays the archive's acceptance
+// as accept (or its refusal as the error), then runs the backup on the
+// connection's goroutine; a failure after the reply is only logged.
+func (s *Server) backup(cmd string, run func(context.Context, string, BackupOptions) error) server.Handler {
+	return func(ctx context.Context, c *wire.Conn, args []string) error {
+		a, err := argsN(args, 1, 2, cmd+" VOL [BULK]")
+		if err != nil {
 			return err
 		}
-		if bulk == 0 {
-			return errors.Wrap(server.ErrBadArgs, "full-bkp: bulk size 0")
-		}
-	}
-	return s.st.FullBackup(ctx, a[0], FullBackupOptions{
-		BulkSize: bulk,
-		Accepted: func() {
-			if err := c.SendAccept(ctx); err != nil {
-				server.LoggerFrom(ctx).Warn("full-bkp: accept not delivered; the backup goes on", "vol", a[0], "err", err)
+		var bulk uint64
+		if a[1] != "" {
+			if bulk, err = ParseSize(a[1]); err != nil {
+				return err
 			}
-		},
-	})
+			if bulk == 0 {
+				return errors.Wrapf(server.ErrBadArgs, "%s: bulk size 0", cmd)
+			}
+		}
+		return run(ctx, a[0], BackupOptions{
+			BulkSize: bulk,
+			Accepted: func() {
+				if err := c.SendAccept(ctx); err != nil {
+					server.LoggerFrom(ctx).Warn(cmd+": accept not delivered; the backup goes on", "vol", a[0], "err", err)
+				}
+			},
+		})
+	}
 }
 
 func (s *Server) resize(ctx context.Context, c *wire.Conn, args []string) error {
@@ -425,6 +432,21 @@ func (s *Server) getTsDelta(_ context.Context, args []string) (any, error) {
 		return nil, err
 	}
 	return append([]string{}, s.st.TsDelta()...), nil
+}
+
+// getProgress answers get progress VOL: the logical blocks a running
+// backup has dealt with (BackupProgress.DoneBytes), 0 when none runs, as
+// the archive's get progress.
+func (s *Server) getProgress(_ context.Context, args []string) (any, error) {
+	vol, err := oneVol(args, "get progress VOL")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.st.volume(vol); err != nil {
+		return nil, err
+	}
+	p, _ := s.st.BackupProgress(vol)
+	return p.DoneBytes() / 512, nil
 }
 
 // uuidOf parses a uuid get answer.

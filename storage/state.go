@@ -37,8 +37,7 @@ const (
 
 // Table is the storage's state table (system.md §3.1). A failed command
 // rolls back to the row's From state. HashSync is the transient state of
-// hash-bkp, which package hashsync provides; wlogs are sent during it as
-// during FullSync.
+// hash-bkp; wlogs are sent during it as during FullSync.
 var Table = server.MustStateMachine(StateClear,
 	server.Transition{From: StateClear, Via: StateInitVol, To: StateSyncReady},
 	server.Transition{From: StateSyncReady, Via: StateClearVol, To: StateClear},
@@ -57,8 +56,8 @@ var persistedStates = []string{StateSyncReady, StateStopped, StateTarget, StateS
 // CommandStates lists, for each storage command, the steady states in which
 // it is accepted (system.md §3.1, §3.6–3.8). Commands not listed (kick, get,
 // status) run in any state. Besides the state, every command but stop
-// requires the volume not to be stopping, and full-bkp a free foreground
-// slot (-fg).
+// requires the volume not to be stopping, and full-bkp and hash-bkp a free
+// foreground slot (-fg).
 var CommandStates = map[string][]string{
 	"init-vol":      {StateClear},
 	"clear-vol":     {StateSyncReady},
@@ -66,6 +65,7 @@ var CommandStates = map[string][]string{
 	"start standby": {StateSyncReady},
 	"stop":          {StateTarget, StateStandby},
 	"full-bkp":      {StateSyncReady},
+	"hash-bkp":      {StateSyncReady},
 	"reset-vol":     {StateStopped},
 	"snapshot":      {StateTarget, StateStopped},
 	"resize":        {StateSyncReady, StateStopped, StateTarget, StateStandby},

@@ -6,9 +6,11 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/walb-go/walb/meta"
 	"github.com/walb-go/walb/server"
 	"github.com/walb-go/walb/wire"
 )
@@ -24,7 +26,7 @@ func bringTo(t *testing.T, e *testEnv, st string) {
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
 	switch st {
 	case StateTarget, StateStopped:
-		require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 16 << 10}))
+		require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{BulkSize: 16 << 10}))
 		if st == StateStopped {
 			require.NoError(t, e.st.StopVol(ctx, "v", false))
 		}
@@ -52,7 +54,13 @@ var tableCommands = []struct {
 		return StateSyncReady
 	}},
 	{"full-bkp", func(e *testEnv) error {
-		return e.st.FullBackup(context.Background(), "v", FullBackupOptions{BulkSize: 16 << 10})
+		return e.st.FullBackup(context.Background(), "v", BackupOptions{BulkSize: 16 << 10})
+	}, func(string) string { return StateTarget }},
+	{"hash-bkp", func(e *testEnv) error {
+		if e.archive.image == nil { // the archive holds the volume (all zeros)
+			e.archive.commit(make([]byte, 64<<10), meta.Snap{}, meta.UUID{}, time.Now())
+		}
+		return e.st.HashBackup(context.Background(), "v", BackupOptions{BulkSize: 16 << 10})
 	}, func(string) string { return StateTarget }},
 	{"reset-vol", func(e *testEnv) error { return e.st.ResetVol(context.Background(), "v", 0) }, func(string) string { return StateSyncReady }},
 	{"snapshot", func(e *testEnv) error { _, err := e.st.Snapshot(context.Background(), "v"); return err }, func(from string) string { return from }},

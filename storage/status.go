@@ -241,6 +241,10 @@ func (s *Storage) VolStatus(ctx context.Context, vol string) ([]string, error) {
 			fmt.Sprintf("salt %08x", info.Salt),
 		)
 	}
+	if p, ok := s.BackupProgress(vol); ok {
+		out = append(out, fmt.Sprintf("backup %s startedAt %s readLb %d comparedLb %d sizeLb %d", p.Command,
+			meta.FormatPrettyTime(p.Started), p.ReadBytes/512, p.ComparedBytes/512, p.SizeBytes/512))
+	}
 	v.mu.Lock()
 	out = append(out, "uuid "+v.uuid.String())
 	if !v.lastSend.IsZero() {

@@ -47,7 +47,7 @@ func TestBadInput(t *testing.T) {
 		require.ErrorIs(t, st.StopVol(ctx, vol, false), ErrNotFound)
 		require.ErrorIs(t, st.ResetVol(ctx, vol, 0), ErrNotFound)
 		require.ErrorIs(t, st.Resize(ctx, vol, 0), ErrNotFound)
-		require.ErrorIs(t, st.FullBackup(ctx, vol, FullBackupOptions{}), ErrNotFound)
+		require.ErrorIs(t, st.FullBackup(ctx, vol, BackupOptions{}), ErrNotFound)
 		_, err := st.IsOverflow(ctx, vol)
 		require.ErrorIs(t, err, ErrNotFound)
 		_, err = st.UUID(vol)
@@ -57,11 +57,11 @@ func TestBadInput(t *testing.T) {
 	_, err = ParseMode("master")
 	require.ErrorIs(t, err, wire.ErrBadRequest)
 	for _, b := range []uint64{1000, 8 << 20} {
-		require.ErrorIs(t, st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: b}), wire.ErrBadRequest, "bulk %d", b)
+		require.ErrorIs(t, st.FullBackup(ctx, "v", BackupOptions{BulkSize: b}), wire.ErrBadRequest, "bulk %d", b)
 	}
 	require.Equal(t, StateSyncReady, st.State("v"))
 
-	require.NoError(t, st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, st.FullBackup(ctx, "v", BackupOptions{}))
 	require.NoError(t, st.StopVol(ctx, "v", false))
 	require.ErrorIs(t, st.ResetVol(ctx, "v", meta.InvalidGid), wire.ErrBadRequest)
 	require.ErrorIs(t, st.Resize(ctx, "v", 1), ErrShrink)
@@ -111,14 +111,9 @@ func TestOverflow(t *testing.T) {
 	dev, _ := e.addDevice("d0", 256<<10, 64<<10, true)
 	ctx := context.Background()
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	e.proxies.setDown("p0", true)
-	buf := bytes.Repeat([]byte{7}, 32<<10)
-	for i := 0; !dev.IsLogOverflow(); i++ {
-		require.Less(t, i, 100, "the log should have overflowed")
-		_, err := dev.WriteAt(buf, int64(i%8)*(32<<10))
-		require.NoError(t, err)
-	}
+	overflowLog(t, dev)
 	waitFor(t, "overflowed Target stopped", 5*time.Second, func() bool { return e.st.State("v") == StateStopped })
 	over, err := e.st.IsOverflow(ctx, "v")
 	require.NoError(t, err)
@@ -135,11 +130,7 @@ func TestOverflow(t *testing.T) {
 	require.False(t, dev.IsLogOverflow())
 
 	// Overflow again while SyncReady: start standby resets the log.
-	for i := 0; !dev.IsLogOverflow(); i++ {
-		require.Less(t, i, 100)
-		_, err := dev.WriteAt(buf, int64(i%8)*(32<<10))
-		require.NoError(t, err)
-	}
+	overflowLog(t, dev)
 	require.NoError(t, e.st.StartVol(ctx, "v", Standby))
 	require.False(t, dev.IsLogOverflow())
 	done, q, err := e.st.Done("v")
@@ -186,7 +177,7 @@ func TestFullBackupFailures(t *testing.T) {
 	// Refused by the archive: nothing happens.
 	e.archive.refuse = true
 	var accepted atomic.Bool
-	err := e.st.FullBackup(ctx, "v", FullBackupOptions{Accepted: func() { accepted.Store(true) }})
+	err := e.st.FullBackup(ctx, "v", BackupOptions{Accepted: func() { accepted.Store(true) }})
 	require.Error(t, err)
 	require.False(t, accepted.Load())
 	require.Equal(t, StateSyncReady, e.st.State("v"))
@@ -194,7 +185,7 @@ func TestFullBackupFailures(t *testing.T) {
 
 	// Cut in the middle: back to SyncReady, not monitored.
 	e.archive.failAt = 3
-	err = e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 16 << 10, Accepted: func() { accepted.Store(true) }})
+	err = e.st.FullBackup(ctx, "v", BackupOptions{BulkSize: 16 << 10, Accepted: func() { accepted.Store(true) }})
 	require.Error(t, err)
 	require.True(t, accepted.Load())
 	require.Equal(t, StateSyncReady, e.st.State("v"))
@@ -202,30 +193,9 @@ func TestFullBackupFailures(t *testing.T) {
 	require.False(t, e.st.isMonitored(v))
 	e.archive.failAt = 0
 
-	// A force stop aborts a running backup.
-	e.st.SetFullScanBps(64 << 10) // 256 KiB in 4 s
-	errc := make(chan error, 1)
-	go func() { errc <- e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 16 << 10}) }()
-	waitFor(t, "backup running", 5*time.Second, func() bool { return e.st.State("v") == StateFullSync })
-	stopErr := e.st.StopVol(ctx, "v", true)
-	require.ErrorIs(t, <-errc, ErrForceStopped)
-	require.ErrorIs(t, stopErr, wire.ErrWrongState, "the stop finds a SyncReady volume")
+	checkBackupStops(t, e, StateFullSync, func(opt BackupOptions) error { return e.st.FullBackup(ctx, "v", opt) })
 	require.Equal(t, StateSyncReady, e.st.State("v"))
-
-	// Too many backups at once.
-	var releases []func()
-	for range e.st.cfg.MaxForeground {
-		release, err := e.st.fg.Take()
-		require.NoError(t, err)
-		releases = append(releases, release)
-	}
-	require.ErrorIs(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}), wire.ErrTooManyTasks)
-	for _, release := range releases {
-		release()
-	}
-
-	e.st.SetFullScanBps(0)
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	require.Equal(t, StateTarget, e.st.State("v"))
 	require.Equal(t, 1, e.archive.backups)
 	e.waitSent("v", e.archive.snap.GidE, dev)
@@ -238,7 +208,7 @@ func TestRestartResumesSending(t *testing.T) {
 	dev, _ := e.addDevice("d0", 256<<10, 1<<20, true)
 	ctx := context.Background()
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	base := append([]byte(nil), e.archive.image...)
 	e.proxies.setDown("p0", true)
 	var gids []uint64
@@ -312,7 +282,7 @@ func TestStatusAndGets(t *testing.T) {
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
 	_, ok := e.st.LatestSnap("v")
 	require.False(t, ok, "latest-snap is for Target volumes")
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	gid, err := e.st.Snapshot(ctx, "v")
 	require.NoError(t, err)
 	info, ok := e.st.LatestSnap("v")

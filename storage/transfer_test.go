@@ -15,10 +15,11 @@ import (
 	"github.com/walb-go/walb/walb"
 )
 
-// writer writes random data (and some trims and zeroings) to a device
-// until stopped; pause holds it between writes.
+// writer writes random data (and some trims and zeroings) to a device, or
+// the same to several (replicas), until stopped; pause holds it between
+// writes.
 type writer struct {
-	d      *walb.Device
+	ds     []*walb.Device
 	rng    *rand.Rand
 	gate   sync.RWMutex
 	stop   atomic.Bool
@@ -27,8 +28,11 @@ type writer struct {
 	err    atomic.Value
 }
 
-func startWriter(d *walb.Device, seed uint64) *writer {
-	w := &writer{d: d, rng: rand.New(rand.NewPCG(seed, 1))}
+func startWriter(d *walb.Device, seed uint64) *writer { return startMirrorWriter(seed, d) }
+
+// startMirrorWriter writes the same to every device (of the same size).
+func startMirrorWriter(seed uint64, ds ...*walb.Device) *writer {
+	w := &writer{ds: ds, rng: rand.New(rand.NewPCG(seed, 1))}
 	w.wg.Add(1)
 	go w.loop()
 	return w
@@ -36,23 +40,31 @@ func startWriter(d *walb.Device, seed uint64) *writer {
 
 func (w *writer) loop() {
 	defer w.wg.Done()
-	size := w.d.Size() / walb.LBS
+	size := w.ds[0].Size() / walb.LBS
 	buf := make([]byte, 16*walb.LBS)
 	for !w.stop.Load() {
 		w.gate.RLock()
 		n := 1 + w.rng.Int64N(16)
 		off := w.rng.Int64N(size - n + 1)
-		var err error
-		switch p := w.rng.IntN(20); {
-		case p == 0:
-			err = w.d.Trim(off*walb.LBS, n*walb.LBS)
-		case p == 1:
-			err = w.d.WriteZeroes(off*walb.LBS, n*walb.LBS, false)
-		default:
+		p := w.rng.IntN(20)
+		if p > 1 {
 			for i := range buf[:n*walb.LBS] {
 				buf[i] = byte(w.rng.Uint32())
 			}
-			_, err = w.d.WriteAt(buf[:n*walb.LBS], off*walb.LBS)
+		}
+		var err error
+		for _, d := range w.ds {
+			switch {
+			case p == 0:
+				err = d.Trim(off*walb.LBS, n*walb.LBS)
+			case p == 1:
+				err = d.WriteZeroes(off*walb.LBS, n*walb.LBS, false)
+			default:
+				_, err = d.WriteAt(buf[:n*walb.LBS], off*walb.LBS)
+			}
+			if err != nil {
+				break
+			}
 		}
 		w.gate.RUnlock()
 		if err != nil {
@@ -89,7 +101,7 @@ func TestTransferLoopImages(t *testing.T) {
 
 	w := startWriter(dev, 1)
 	e.st.SetFullScanBps(4 << 20) // 1 MiB in ~250 ms: writes overlap the copy
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{BulkSize: 32 << 10}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{BulkSize: 32 << 10}))
 	require.Equal(t, StateTarget, e.st.State("v"))
 	base := append([]byte(nil), e.archive.image...)
 	require.Equal(t, uint64(0), e.archive.snap.GidB)
@@ -162,7 +174,7 @@ func TestProxyFailover(t *testing.T) {
 	dev, _ := e.addDevice("d0", 256<<10, 1<<20, true)
 	ctx := context.Background()
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	base := append([]byte(nil), e.archive.image...)
 
 	write := func(seed byte) uint64 {
@@ -227,7 +239,7 @@ func TestLostAckResends(t *testing.T) {
 	dev, _ := e.addDevice("d0", 256<<10, 1<<20, true)
 	ctx := context.Background()
 	require.NoError(t, e.st.InitVol(ctx, "v", "d0"))
-	require.NoError(t, e.st.FullBackup(ctx, "v", FullBackupOptions{}))
+	require.NoError(t, e.st.FullBackup(ctx, "v", BackupOptions{}))
 	base := append([]byte(nil), e.archive.image...)
 	e.waitSent("v", e.archive.snap.GidE, dev)
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/errors"
@@ -52,6 +53,9 @@ type volume struct {
 	monitored  bool
 	lastLatest uint64
 	lastSend   time.Time // last acknowledged wlog transfer (status)
+
+	// backup is the running full-bkp or hash-bkp, for its progress.
+	backup atomic.Pointer[backupRun]
 }
 
 func (v *volume) file(name string) string { return filepath.Join(v.dir, name) }

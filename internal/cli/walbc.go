@@ -28,6 +28,11 @@ import (
 //
 //	walbc -a HOST -p PORT [-to S] [-id ID] [-retry N] [-o text|json] [-wait] COMMAND ARGS...
 //
+// or, given a backup group's servers, runs a controller operation on them
+// (group mode, walbcgroup.go):
+//
+//	walbc -storage NAME=HOST:PORT,... -proxy ... -archive ... [options] COMMAND ARGS...
+//
 // Its options come before the command; everything after the command is the
 // command's arguments, checked here before anything is sent.
 
@@ -118,14 +123,14 @@ func init() {
 			check: all(volArg, numArg(1), wordArg(2, "size", "gid"), numArg(3)), wait: waitMerge, progress: true},
 		{name: "gc-diff", params: "VOL", help: "Remove diffs off the base chain; prints how many.", min: 1, max: 1, reply: ok,
 			value: valueOf(controller.U64Value), optional: true, check: volArg},
-		{name: "replicate", params: "VOL gid|size N ADDR:PORT [DORESYNC DONTMERGE CMPR MAXMERGE BULK]", help: "Replicate to another archive.",
+		{name: "replicate", params: "VOL gid|size N ADDR:PORT [DORESYNC DONTMERGE CMPR MAXMERGE BULK]", help: "Replicate to another archive (-wait: until it has reached gid N).",
 			min: 4, max: 9, reply: accept, value: none, check: all(volArg, wordArg(1, "gid", "size"), numArg(2), hostPortArg(3)), wait: waitReplicate, progress: true},
 		{name: "archive-info", params: "add|update VOL NAME ADDR:PORT [CMPR [DELAY]] | delete|get VOL NAME | list VOL",
 			help: "Manage a proxy's archive infos.", min: 2, max: 6, reply: ok, value: archiveInfoValue, check: checkArchiveInfo},
 		{name: "kick", params: "[VOL [ARCHIVE]]", help: "Retry delayed work now.", max: 2, reply: ok, value: none, check: optVolArg},
 		{name: "set-full-scan-bps", params: "BPS", help: "Throttle backup reads (0: unlimited).", min: 1, max: 1, reply: ok, value: none, check: sizeArg(0)},
-		{name: "bhash", params: "VOL GID [BULK [SIZE]]", help: "Print the block hash of a snapshot.", min: 2, max: 4, reply: ok,
-			value: valueOf(controller.StringValue), check: all(volArg, numArg(1), sizeArg(2), sizeArg(3))},
+		{name: "bhash", params: "VOL GID [BULK [SIZE]]", help: "Print the block hash of a snapshot (with BULK: ADDR<TAB>HASH per bulk).", min: 2, max: 4, reply: ok,
+			value: valueOf(controller.StringsValue), check: all(volArg, numArg(1), sizeArg(2), sizeArg(3))},
 		{name: "exec", params: "ARGS...", help: "Run a command on the server's host (servers started with -allow-exec).", min: 1, max: -1, reply: ok,
 			value: valueOf(controller.StringsValue)},
 		{name: "shutdown", params: "[graceful|force]", help: "Shut the server down.", max: 1, reply: accept, value: none,
@@ -193,14 +198,18 @@ func numArg(i int) func([]string) error {
 	}
 }
 
-// hostPortArg checks that argument i, if present, is HOST:PORT.
+// hostPortArg checks that argument i, if present, is HOST:PORT or
+// unix:PATH.
 func hostPortArg(i int) func([]string) error {
 	return func(a []string) error {
 		if i >= len(a) {
 			return nil
 		}
+		if p, ok := strings.CutPrefix(a[i], "unix:"); ok && p != "" {
+			return nil
+		}
 		if _, _, err := net.SplitHostPort(a[i]); err != nil {
-			return errors.Wrapf(ErrUsage, "address %q: want HOST:PORT", a[i])
+			return errors.Wrapf(ErrUsage, "address %q: want HOST:PORT or unix:PATH", a[i])
 		}
 		return nil
 	}
@@ -288,12 +297,15 @@ func checkArchiveInfo(a []string) error {
 
 // Walbc is the walbc command: it sends one command to one server and prints
 // the answer like walb-tools' walbc (values one per line), or as one JSON
-// object with -o json. An error reply exits with status 1.
+// object with -o json; or, in group mode, runs a controller operation on a
+// backup group. An error exits with status 1.
 func Walbc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o := NewOptions("walbc", "Send one command to a walb storage, proxy or archive server.")
+	o := NewOptions("walbc", "Send one command to a walb storage, proxy or archive server, "+
+		"or run a controller operation on a backup group (-storage, -proxy, -archive).")
 	var host, port, to, id, retry, out, caFile, certFile, keyFile, tlsName string
+	var storages, proxies, archives string
 	var wait, debug, useTLS bool
-	o.String(&host, "a", "HOST", "localhost", "server host (or HOST:PORT, or unix:/path)")
+	o.String(&host, "a", "HOST", "", "server host (or HOST:PORT, or unix:/path; default localhost)")
 	o.String(&port, "p", "PORT", "", "server port")
 	o.String(&to, "to", "SECONDS", "10", "I/O timeout of each message")
 	o.String(&id, "id", "ID", "", "client id in the server's logs (default: host name)")
@@ -306,6 +318,9 @@ func Walbc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o.String(&certFile, "tls-cert", "PEM", "", "client certificate (implies -tls)")
 	o.String(&keyFile, "tls-key", "PEM", "", "client key")
 	o.String(&tlsName, "tls-name", "NAME", "", "server name to verify (default: HOST)")
+	o.String(&storages, "storage", "NAME=HOST:PORT,...", "", "group mode: the storages")
+	o.String(&proxies, "proxy", "NAME=HOST:PORT,...", "", "group mode: the proxies, in priority order")
+	o.String(&archives, "archive", "NAME=HOST:PORT,...", "", "group mode: the archives, the primary first")
 	o.Param(new(string), "COMMAND", "the command; ARGS follow it (run walbc help)", false)
 
 	// The options end at the command: what follows belongs to it.
@@ -339,8 +354,16 @@ func Walbc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		walbcHelp(stdout)
 		return nil
 	}
+	f := walbcFlags{to: to, id: id, retry: retry, out: out, caFile: caFile, certFile: certFile, keyFile: keyFile,
+		tlsName: tlsName, debug: debug, useTLS: useTLS}
+	if storages != "" || proxies != "" || archives != "" {
+		return walbcGroupMain(ctx, f, host, port, storages, proxies, archives, rest, stdout, stderr)
+	}
 	cmd := lookupWalbc(rest[0])
 	if cmd == nil {
+		if lookupWalbcGroup(rest[0]) != nil {
+			return errors.Wrapf(ErrUsage, "%s is a group command: give the servers with -storage, -proxy, -archive", rest[0])
+		}
 		return errors.Wrapf(ErrUsage, "unknown command %q (walbc help lists them)", rest[0])
 	}
 	cargs := rest[1:]
@@ -359,51 +382,100 @@ func Walbc(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	e := &walbcEnv{stdout: stdout, stderr: stderr, cmd: cmd.name, args: cargs, wait: wait}
-	switch out {
-	case "text":
-	case "json":
-		e.json = true
-	default:
-		return errors.Wrapf(ErrUsage, "-o %q: want text or json", out)
+	if err := f.apply(e); err != nil {
+		return err
 	}
 	var err error
 	if e.addr, err = walbcAddr(host, port); err != nil {
 		return err
 	}
+	e.client = controller.NewClient(e.addr, &e.opts)
+	return e.run(ctx, cmd)
+}
+
+// walbcFlags are the options both modes share.
+type walbcFlags struct {
+	to, id, retry, out, caFile, certFile, keyFile, tlsName string
+	debug, useTLS                                          bool
+}
+
+// apply checks the options and sets e's output mode and controller
+// options.
+func (f walbcFlags) apply(e *walbcEnv) error {
+	switch f.out {
+	case "text":
+	case "json":
+		e.json = true
+	default:
+		return errors.Wrapf(ErrUsage, "-o %q: want text or json", f.out)
+	}
 	wo := &wire.Options{}
-	secs, err := strconv.ParseFloat(to, 64)
+	secs, err := strconv.ParseFloat(f.to, 64)
 	if err != nil || secs <= 0 || secs > 86400 {
-		return errors.Wrapf(ErrUsage, "-to %q: want seconds in (0, 86400]", to)
+		return errors.Wrapf(ErrUsage, "-to %q: want seconds in (0, 86400]", f.to)
 	}
 	wo.IOTimeout = time.Duration(secs * float64(time.Second))
-	if useTLS || caFile != "" || certFile != "" {
-		if wo.TLS, err = walbcTLS(caFile, certFile, keyFile, tlsName); err != nil {
+	if f.useTLS || f.caFile != "" || f.certFile != "" {
+		if wo.TLS, err = walbcTLS(f.caFile, f.certFile, f.keyFile, f.tlsName); err != nil {
 			return err
 		}
 	}
-	retries, err := strconv.Atoi(retry)
+	retries, err := strconv.Atoi(f.retry)
 	if err != nil || retries < 0 {
-		return errors.Wrapf(ErrUsage, "-retry %q: want a count", retry)
+		return errors.Wrapf(ErrUsage, "-retry %q: want a count", f.retry)
 	}
 	if retries == 0 {
 		retries = -1 // none
 	}
+	id := f.id
 	if id == "" {
 		if id, err = os.Hostname(); err != nil || id == "" {
 			id = "walbc"
 		}
 	}
 	level := slog.LevelWarn
-	if debug {
+	if f.debug {
 		level = slog.LevelDebug
 	}
 	e.opts = controller.Options{ClientID: id, Wire: wo, Retries: retries,
-		Logger: slog.New(server.NewLogHandler(stderr, level))}
-	e.client = controller.NewClient(e.addr, &e.opts)
-	return e.run(ctx, cmd)
+		Logger: slog.New(server.NewLogHandler(e.stderr, level))}
+	return nil
+}
+
+// walbcGroupMain runs walbc in group mode: rest is the command and its
+// arguments.
+func walbcGroupMain(ctx context.Context, f walbcFlags, host, port, storages, proxies, archives string, rest []string,
+	stdout, stderr io.Writer) error {
+	if host != "" || port != "" {
+		return errors.Wrap(ErrUsage, "-a and -p name one server; group commands take theirs from -storage, -proxy and -archive")
+	}
+	cmd := lookupWalbcGroup(rest[0])
+	if cmd == nil {
+		if lookupWalbc(rest[0]) != nil {
+			return errors.Wrapf(ErrUsage, "%s is a server command: give the server with -a and -p", rest[0])
+		}
+		return errors.Wrapf(ErrUsage, "unknown group command %q (walbc help lists them)", rest[0])
+	}
+	layout, err := parseLayout(storages, proxies, archives)
+	if err != nil {
+		return err
+	}
+	for _, a := range rest[1:] {
+		if a == "" {
+			return errors.Wrapf(ErrUsage, "%s: empty argument", cmd.name)
+		}
+	}
+	e := &walbcEnv{stdout: stdout, stderr: stderr, cmd: cmd.name, args: rest[1:]}
+	if err := f.apply(e); err != nil {
+		return err
+	}
+	return e.runGroup(ctx, layout, cmd)
 }
 
 func walbcAddr(host, port string) (string, error) {
+	if host == "" {
+		host = "localhost"
+	}
 	switch {
 	case strings.HasPrefix(host, "unix:"):
 		if port != "" {
@@ -450,10 +522,11 @@ func walbcTLS(caFile, certFile, keyFile, name string) (*tls.Config, error) {
 }
 
 func walbcHelp(w io.Writer) {
-	fmt.Fprintln(w, "commands:")
+	fmt.Fprintln(w, "commands (with -a and -p):")
 	for _, c := range walbcCommands {
 		fmt.Fprintf(w, "  %-18s %s\n  %-18s   %s\n", c.name, c.params, "", c.help)
 	}
+	walbcGroupHelp(w)
 }
 
 // run sends the command, prints the answer and, with -wait, waits.
@@ -506,7 +579,7 @@ func (e *walbcEnv) run(ctx context.Context, cmd *walbcCommand) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.showProgress(pctx)
+			e.showProgress(pctx, target)
 		}()
 		err = cmd.wait(ctx, c, target, e, prev)
 		stop()
@@ -540,7 +613,10 @@ func (e *walbcEnv) server(ctx context.Context) (controller.Server, error) {
 // fail prints a JSON error object in json mode and returns err.
 func (e *walbcEnv) fail(err error) error {
 	if e.json {
-		obj := map[string]any{"server": e.addr, "command": e.cmd, "args": e.args, "reply": "error", "error": err.Error()}
+		obj := map[string]any{"command": e.cmd, "args": e.args, "reply": "error", "error": err.Error()}
+		if e.addr != "" {
+			obj["server"] = e.addr
+		}
 		var re *wire.RemoteError
 		if errors.As(err, &re) {
 			obj["code"] = string(re.Code)
@@ -577,13 +653,24 @@ func plainLines(v any) []string {
 
 // --- -wait -----------------------------------------------------------------
 
-// showProgress prints get progress VOL over get vol-size VOL on one line
-// until ctx ends; a server without those targets shows nothing.
-func (e *walbcEnv) showProgress(ctx context.Context) {
+// showProgress prints the progress of the command's copy (get progress
+// VOL with the state and size, controller.GetProgress) on one line until
+// ctx ends; a server without a progress shows nothing. A storage that does
+// not count its backups has them counted by its archive.
+func (e *walbcEnv) showProgress(ctx context.Context, s controller.Server) {
 	vol := e.args[0]
-	size, err := e.client.GetU64(ctx, "vol-size", vol)
+	c, err := controller.New(controller.Layout{}, &e.opts)
 	if err != nil {
-		size = 0
+		return
+	}
+	if s.Kind == controller.KindStorage {
+		if _, err := e.client.GetU64(ctx, "progress", vol); errors.Is(err, wire.ErrRemote) {
+			addr, err := e.storageArchive(ctx)
+			if err != nil {
+				return
+			}
+			s = controller.Server{Name: addr, Addr: addr, Kind: controller.KindArchive}
+		}
 	}
 	t := time.NewTicker(walbcProgressInterval)
 	defer t.Stop()
@@ -594,18 +681,14 @@ func (e *walbcEnv) showProgress(ctx context.Context) {
 		}
 	}()
 	for {
-		lb, err := e.client.GetU64(ctx, "progress", vol)
+		p, err := c.GetProgress(ctx, s, vol)
 		if err != nil {
-			if errors.Is(err, wire.ErrRemote) {
-				return // no progress target here
+			if errors.Is(err, wire.ErrRemote) || errors.Is(err, controller.ErrWrongKind) {
+				return // no progress here
 			}
-		} else {
+		} else if ctx.Err() == nil {
 			shown = true
-			if size > 0 {
-				fmt.Fprintf(e.stdout, "\r\033[K%s %s: %5.1f%% (%d / %d LB)", e.cmd, vol, 100*float64(lb)/float64(size), lb, size)
-			} else {
-				fmt.Fprintf(e.stdout, "\r\033[K%s %s: %d LB", e.cmd, vol, lb)
-			}
+			fmt.Fprintf(e.stdout, "\r\033[K%s %s: %s", e.cmd, vol, p)
 		}
 		select {
 		case <-ctx.Done():
@@ -613,6 +696,23 @@ func (e *walbcEnv) showProgress(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// storageArchive returns the address of the storage's archive, from the
+// "host ADDR" line after "-----Archive-----" in its status.
+func (e *walbcEnv) storageArchive(ctx context.Context) (string, error) {
+	lines, err := e.client.Status(ctx)
+	if err != nil {
+		return "", err
+	}
+	for i, l := range lines {
+		if l == "-----Archive-----" && i+1 < len(lines) {
+			if addr, ok := strings.CutPrefix(lines[i+1], "host "); ok && addr != "" {
+				return addr, nil
+			}
+		}
+	}
+	return "", errors.Wrapf(controller.ErrBadValue, "%s status: no archive", e.addr)
 }
 
 func gidOf(s string) uint64 {
@@ -643,8 +743,14 @@ func waitMerge(ctx context.Context, c *controller.Controller, s controller.Serve
 	return c.WaitForNoAction(ctx, s, e.args[0], controller.ActionMerge)
 }
 
+// waitReplicate waits for the end of a replication; by gid, it also checks
+// that the target (at the address the source was given) has reached it.
 func waitReplicate(ctx context.Context, c *controller.Controller, s controller.Server, e *walbcEnv, _ string) error {
-	return c.WaitForNoAction(ctx, s, e.args[0], controller.ActionReplSyncAsClient)
+	if e.args[1] != "gid" {
+		return c.WaitForNoAction(ctx, s, e.args[0], controller.ActionReplSyncAsClient)
+	}
+	dst := controller.Server{Name: e.args[3], Addr: e.args[3], Kind: controller.KindArchive}
+	return c.WaitForReplicated(ctx, s, e.args[0], dst, gidOf(e.args[2]))
 }
 
 // waitShutdown waits until the server no longer answers.

@@ -36,9 +36,30 @@ type walbcFake struct {
 	restored []string
 	progress uint64
 	received []string
+	archive  string // a storage's archive address, in its status
+	hostType string
+	// noProgress makes get progress an unknown target (an older
+	// storage).
+	noProgress bool
 }
 
 func (f *walbcFake) Recover(context.Context) error { return nil }
+
+// Status adds a storage's archive section and its volume's size, as the
+// storage's status has.
+func (f *walbcFake) Status(_ context.Context, args []string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.hostType != "storage":
+		return nil, nil
+	case len(args) > 0:
+		return []string{"state " + f.state, "sizeLb 4096"}, nil
+	case f.archive == "":
+		return nil, nil
+	}
+	return []string{"-----Archive-----", "host " + f.archive, "-----Proxy-----"}, nil
+}
 
 var walbcT0 = time.Date(2024, 5, 1, 12, 30, 45, 0, time.UTC)
 
@@ -47,7 +68,7 @@ func startWalbcFake(t *testing.T, hostType string) *walbcFake {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := server.New(server.Config{ID: "fake", Addr: "127.0.0.1:0", HostType: hostType, Version: "fake 1.0", Logger: quiet})
 	require.NoError(t, err)
-	f := &walbcFake{state: "Archived", actions: map[string]int{}, restored: []string{}}
+	f := &walbcFake{state: "Archived", actions: map[string]int{}, restored: []string{}, hostType: hostType}
 	if hostType == "storage" {
 		f.state = "Target"
 	}
@@ -85,14 +106,24 @@ func startWalbcFake(t *testing.T, hostType string) *walbcFake {
 	})
 	get("vol", func([]string) (any, error) { return []string{"vol0", "vol1"}, nil })
 	get("vol-size", func([]string) (any, error) { return uint64(2048), nil })
-	get("progress", func([]string) (any, error) { return f.progress, nil })
+	get("progress", func([]string) (any, error) {
+		if f.noProgress {
+			return nil, errors.Wrap(server.ErrBadArgs, "unknown get target \"progress\"")
+		}
+		return f.progress, nil
+	})
 	get("exists-base-image", func([]string) (any, error) { return true, nil })
+	get("archive-uuid", func([]string) (any, error) { return "00112233445566778899aabbccddeeff", nil })
+	get("is-wdiff-send-error", func(a []string) (any, error) { return a[1] == "a1", nil })
 	get("is-overflow", func([]string) (any, error) { return false, nil })
 	get("num-action", func(a []string) (any, error) { return uint64(f.actions[a[1]]), nil })
 	get("restored", func([]string) (any, error) { return f.restored, nil })
 	get("restorable", func(a []string) (any, error) {
 		if a[0] == "vol9" {
 			return []string{"nonsense"}, nil
+		}
+		if len(a) < 2 || a[1] != "all" {
+			return []string{"3 2024-05-01T12:30:45 1"}, nil // the explicit ones
 		}
 		return []string{"3 2024-05-01T12:30:45 1", "5 2024-05-01T12:30:45 0"}, nil
 	})
@@ -153,6 +184,23 @@ func startWalbcFake(t *testing.T, hostType string) *walbcFake {
 			f.restored = append(f.restored, a[1])
 		}
 	}))
+	handle("replicate", long("ReplSyncAsClient", func([]string) {}))
+	handle("hash-bkp", func(ctx context.Context, c *wire.Conn, a []string) error {
+		f.mu.Lock()
+		f.state = "HashSync"
+		f.mu.Unlock()
+		later(func() {
+			f.state = "Stopped"
+			later(func() { f.state = "Target" })
+		})
+		return c.SendAccept(ctx)
+	})
+	handle("bhash", func(ctx context.Context, c *wire.Conn, a []string) error {
+		if err := c.SendOK(ctx); err != nil {
+			return err
+		}
+		return c.SendStrings(ctx, []string{"0000000000000000\t00112233", "0000000000000080\t44556677"})
+	})
 	handle("stop", func(ctx context.Context, c *wire.Conn, a []string) error {
 		f.mu.Lock()
 		f.state = "StopTarget"
@@ -203,7 +251,7 @@ func TestWalbcText(t *testing.T) {
 		{[]string{"get", "exists-base-image", "vol0"}, "1\n"},
 		{[]string{"get", "is-overflow", "vol0"}, "0\n"},
 		{[]string{"get", "host-type"}, "archive\n"},
-		{[]string{"get", "restorable", "vol0"}, "3 2024-05-01T12:30:45 1\n5 2024-05-01T12:30:45 0\n"},
+		{[]string{"get", "restorable", "vol0", "all"}, "3 2024-05-01T12:30:45 1\n5 2024-05-01T12:30:45 0\n"},
 		{[]string{"get", "base", "vol0"}, "<|3|>-20240501123045\n"},
 		// Targets walbc does not know: the type is probed.
 		{[]string{"get", "x-record"}, "|2,4|\n"},
@@ -265,7 +313,7 @@ func TestWalbcJSON(t *testing.T) {
 		require.Equal(t, args[0], obj["command"])
 		return obj
 	}
-	obj := run("get", "restorable", "vol0")
+	obj := run("get", "restorable", "vol0", "all")
 	require.Equal(t, "ok", obj["reply"])
 	require.Equal(t, []any{"3 2024-05-01T12:30:45 1", "5 2024-05-01T12:30:45 0"}, obj["value"])
 	require.Equal(t, []any{
@@ -323,7 +371,7 @@ func TestWalbcWait(t *testing.T) {
 	walbcProgressInterval = 5 * time.Millisecond
 	code, out, errs = runWalbc(t, f.addr, "-wait", "restore", "vol0", "8")
 	require.Equal(t, 0, code, errs)
-	require.Contains(t, out, "restore vol0:  50.0% (1024 / 2048 LB)")
+	require.Contains(t, out, "restore vol0: Archived  50.0% (1024 / 2048 LB)")
 	require.True(t, strings.HasSuffix(out, "\r\033[Kdone\n"), "%q", out)
 
 	// stop -wait on a storage waits for Stopped.
