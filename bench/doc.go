@@ -62,15 +62,24 @@
 // restorable; full-bkp of a 1 GiB device against reading it raw.
 //
 // hashbkp: an embedded group with two archives and a -hashsize device
-// (2 GiB) of random data. Baseline: reading the whole device raw in the
-// same run. Then full-bkp (timed), go-standby, 1% of the 256 KiB chunks
-// rewritten (their logs dropped by the standby, as after an overflow or a
-// target switch), and hash-bkp until its gid is restorable: throughput as
-// image bytes per second against the raw read (goal >= 80%), and the
-// bytes the storage sent to the archive, counted by a TCP relay between
-// them, against the bytes changed (goal <= 1.05x, the hashes the archive
-// sends back given apart). Finally replicate-once a0 -> a1 (a full
-// replication of the base plus the diffs) against full-bkp.
+// (2 GiB) of random data; the archives' images on a loop-mounted XFS with
+// reflink when root (as an archive would be deployed), else in the work
+// directory. Every step starts with an empty page cache (drop_caches when
+// root, else fadvise on the files): in service neither the device nor the
+// archive's image is cached, here both were just written. Baselines: the
+// device read raw by 4 readers of 1 MiB (the queue depth the comparison
+// keeps), and the device and a0's base image read raw at once (the I/O any
+// comparison on one machine must do: on two hosts the sides read in
+// parallel from different disks). Then full-bkp (timed), go-standby, 1% of
+// the 256 KiB chunks rewritten (their logs dropped by the standby, as after
+// an overflow or a target switch), and hash-bkp until its gid is
+// restorable: throughput as image bytes per second against both baselines
+// (goal >= 80% of the raw read), and the bytes the storage sent to the
+// archive, counted by a TCP relay between them, against the bytes changed
+// (goal <= 1.05x, the hashes the archive sends back given apart). Finally
+// replicate-once a0 -> a1 (a full replication of the base plus the diffs)
+// against full-bkp. WALB_BENCH_LOG=1 prints the servers' logs,
+// WALB_BENCH_HASHPROF=FILE writes a CPU profile of the hash backup.
 //
 // # Method
 //

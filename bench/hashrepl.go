@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,8 +42,22 @@ func (b *bench) hashRepl(ctx context.Context) error {
 	relay := &countingRelay{}
 	defer relay.Close()
 	dir := filepath.Join(b.dir, "hashrepl")
+	// Archives keep their images on a reflink file system (a clone of the
+	// base costs nothing); elsewhere a virtual image is a full copy.
+	images, why, unmount := b.reflinkDir(ctx, 3*size+1<<30)
+	defer unmount()
+	where := "XFS with reflink (loop mount)"
+	if images == "" {
+		where = "the work directory (" + why + "; no reflink: virtual images are full copies)"
+	}
+	var logger *slog.Logger
+	if os.Getenv("WALB_BENCH_LOG") != "" {
+		logger = slog.New(server.NewLogHandler(b.log, slog.LevelInfo))
+	}
 	g, err := group.Start(ctx, group.Config{
+		Logger:   logger,
 		Dir:      dir,
+		ImageDir: images,
 		Archives: 2,
 		StorageHook: func(_ string, _ *server.Config, cfg *storage.Config) {
 			if addr, err := relay.Start(cfg.Archive); err == nil {
@@ -72,18 +90,28 @@ func (b *bench) hashRepl(ctx context.Context) error {
 	if err := dev.FlushContext(ctx); err != nil {
 		return err
 	}
-	start := time.Now()
-	if _, err := io.CopyBuffer(io.Discard, io.NewSectionReader(dev, 0, size), buf); err != nil {
+	// Every measured step starts with an empty page cache: in service
+	// neither the device nor the archive's image is cached, and here both
+	// were just written.
+	cold, err := b.coldCache(v.DataDevicePath())
+	if err != nil {
 		return err
 	}
-	rawRead := time.Since(start)
+	rawRead, err := readAll(size, dev)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(b.out, "\nhashbkp suite: embedded group (1 storage, 1 proxy, 2 archives on 127.0.0.1), %s device, chunk 256 KiB\n", mib(size))
-	fmt.Fprintf(b.out, "baseline raw device read     %8.1f MB/s   (the whole image through walb.Device.ReadAt)\n", rate(size, rawRead))
+	fmt.Fprintf(b.out, "  archive images on %s; page cache %s before every step\n", where, cold)
+	fmt.Fprintf(b.out, "baseline raw device read     %8.1f MB/s   (the whole image through walb.Device.ReadAt, %d readers of 1 MiB)\n", rate(size, rawRead), rawReaders)
 
 	ctl := g.Controller()
 	sx, a0 := v.Storage(), g.Primary()
 	relay.Reset()
-	start = time.Now()
+	if _, err := b.coldCache(v.DataDevicePath()); err != nil {
+		return err
+	}
+	start := time.Now()
 	if _, err := v.FullBackup(ctx); err != nil {
 		return errors.Wrap(err, "full backup")
 	}
@@ -113,17 +141,56 @@ func (b *bench) hashRepl(ctx context.Context) error {
 		return err
 	}
 	changedBytes := nChange * hashChunk
+
+	// What any comparison must read on this one machine: the device and
+	// the archive's image, at the same time, from the same disk.
+	imgDir := images
+	if imgDir == "" {
+		imgDir = filepath.Join(dir, "images")
+	}
+	basePath := filepath.Join(imgDir, a0.Name, "wb_"+v.Name())
+	if _, err := b.coldCache(v.DataDevicePath(), basePath); err != nil {
+		return err
+	}
+	f, err := os.Open(basePath)
+	if err != nil {
+		return errors.Wrap(err, "bench: archive image")
+	}
+	both, err := readAll(size, dev, f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(b.out, "baseline device + a0 image   %8.1f MB/s   (both read raw at once, as a hash comparison on one machine must)\n", rate(size, both))
+
 	relay.Reset()
+	if path := os.Getenv("WALB_BENCH_HASHPROF"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if _, err := b.coldCache(v.DataDevicePath(), basePath); err != nil {
+		return err
+	}
 	start = time.Now()
 	if _, err := ctl.HashBackup(ctx, sx, v.Name(), &controller.BackupOptions{BulkSize: hashChunk}); err != nil {
 		return errors.Wrap(err, "hash backup")
 	}
 	hb := time.Since(start)
 	up, down := relay.Up(), relay.Down()
-	fmt.Fprintf(b.out, "hash-bkp, %d%% chunks changed  %8.1f MB/s   (%.2fx raw read, goal >= 0.80; until the gid is restorable)\n",
-		100*nChange/chunks, rate(size, hb), rawRead.Seconds()/hb.Seconds())
+	fmt.Fprintf(b.out, "hash-bkp, %4.1f%% chunks changed %7.1f MB/s   (%.2fx raw device read, goal >= 0.80; %.2fx device + image read; until the gid is restorable)\n",
+		100*float64(nChange)/float64(chunks), rate(size, hb), rawRead.Seconds()/hb.Seconds(), both.Seconds()/hb.Seconds())
 	fmt.Fprintf(b.out, "hash-bkp bytes              sent %s for %s changed = %.3fx (goal <= 1.05); hashes received %s (%.3fx with them)\n",
 		mib(up), mib(changedBytes), float64(up)/float64(changedBytes), mib(down), float64(up+down)/float64(changedBytes))
+	if _, err := b.coldCache(v.DataDevicePath(), basePath); err != nil {
+		return err
+	}
 
 	a1 := g.Layout().Archives[1]
 	start = time.Now()
@@ -134,6 +201,59 @@ func (b *bench) hashRepl(ctx context.Context) error {
 	fmt.Fprintf(b.out, "replicate a0 -> a1 (full)    %8.1f MB/s   (%.2fx full-bkp; until a1 has the latest gid)\n",
 		rate(size, repl), full.Seconds()/repl.Seconds())
 	return nil
+}
+
+// rawReaders is how many goroutines read an image raw: as many as the
+// hash comparison's workers keep in flight, so that the baseline gets the
+// same queue depth from the disk.
+const rawReaders = 4
+
+// readAll reads [0, size) of every source at once, each with rawReaders
+// goroutines taking 1 MiB blocks in turn, and returns the time it took.
+func readAll(size int64, srcs ...io.ReaderAt) (time.Duration, error) {
+	const blk = 1 << 20
+	start := time.Now()
+	errs := make(chan error, len(srcs)*rawReaders)
+	for _, r := range srcs {
+		for i := range rawReaders {
+			go func() {
+				buf := make([]byte, blk)
+				for off := int64(i) * blk; off < size; off += rawReaders * blk {
+					n := min(blk, size-off)
+					if _, err := r.ReadAt(buf[:n], off); err != nil {
+						errs <- errors.Wrap(err, "bench: raw read")
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+	}
+	var first error
+	for range len(srcs) * rawReaders {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return time.Since(start), first
+}
+
+// coldCache empties the page cache: all of it with drop_caches when root
+// (the archive's images sit on a loop device whose backing file is cached
+// too), else the given files' pages with fadvise. It says which.
+func (b *bench) coldCache(paths ...string) (string, error) {
+	if os.Geteuid() == 0 {
+		unix.Sync()
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err == nil {
+			return "dropped (drop_caches)", nil
+		}
+	}
+	for _, p := range paths {
+		if err := dropCache(p); err != nil {
+			return "", err
+		}
+	}
+	return "dropped for the device and image files (fadvise)", nil
 }
 
 func fillRand(rng *rand.Rand, p []byte) {
