@@ -25,11 +25,16 @@
 //	img, err := v.Restore(ctx, gid)        // img.Path: the image as of gid
 //	err = v.Apply(ctx, gid)                // fold older diffs into the base
 //
+//	err = v.GoStandby(ctx)                 // stop backing up; the log is dropped
+//	gid, err = v.HashBackup(ctx)           // back again: only changed chunks travel
+//	gid, err = v.ReplicateTo(ctx, g.Layout().Archives[1]) // with Config.Archives: 2
+//
 // Example (example_test.go) is the runnable version, and
 // examples/embedded a program built on it. Volume's backup methods are
 // the controller's, aimed at the volume's storage and the primary archive;
 // Controller gives the whole SDK (controller.Controller) for the rest:
-// merges, stops, resets, archive infos, queries.
+// merges, stops, resets, archive infos, synchronizing replication
+// (Synchronize), queries.
 //
 // Other programs can use the group too: each device is a read-write NBD
 // export (Volume.NBDURI, e.g. nbd://127.0.0.1:40123/vol0, for qemu-io,
