@@ -21,6 +21,7 @@ import (
 	"github.com/walb-go/walb/group"
 	"github.com/walb-go/walb/server"
 	"github.com/walb-go/walb/storage"
+	"github.com/walb-go/walb/walb"
 )
 
 // hashChunk is the chunk hash-bkp compares (walb-tools' default bulk).
@@ -81,13 +82,7 @@ func (b *bench) hashRepl(ctx context.Context) error {
 	dev := v.Device()
 	buf := make([]byte, 1<<20)
 	rng := rand.New(rand.NewPCG(17, 17))
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		fillRand(rng, buf)
-		if _, err := dev.WriteAt(buf, off); err != nil {
-			return err
-		}
-	}
-	if err := dev.FlushContext(ctx); err != nil {
+	if err := fillDevice(ctx, dev, size, rng, buf, fillRand); err != nil {
 		return err
 	}
 	// Every measured step starts with an empty page cache: in service
@@ -254,6 +249,18 @@ func (b *bench) coldCache(paths ...string) (string, error) {
 		}
 	}
 	return "dropped for the device and image files (fadvise)", nil
+}
+
+// fillDevice writes [0, size) of dev in len(buf) pieces, each filled by
+// fill, and flushes.
+func fillDevice(ctx context.Context, dev *walb.Device, size int64, rng *rand.Rand, buf []byte, fill func(*rand.Rand, []byte)) error {
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		fill(rng, buf)
+		if _, err := dev.WriteAt(buf, off); err != nil {
+			return err
+		}
+	}
+	return dev.FlushContext(ctx)
 }
 
 func fillRand(rng *rand.Rand, p []byte) {
