@@ -25,17 +25,9 @@ type ApplyCheck struct {
 // at least one diff to apply) and starts the Apply action. Run, or Cancel,
 // must follow.
 func (e *Engine) PrepareApply(vol string, gid uint64) (*ApplyCheck, error) {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	end, err := e.vols.StartAction(vol, ActionApply, guard(CmdApply))
+	v, end, err := e.startAction(vol, ActionApply, CmdApply)
 	if err != nil {
 		return nil, err
-	}
-	if v == nil {
-		end()
-		return nil, errorf(ErrNotFound, "volume %s", vol)
 	}
 	if len(v.diffs.ApplyList(v.getBase(), gid)) == 0 {
 		end()

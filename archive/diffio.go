@@ -23,8 +23,21 @@ import (
 // gives the same image.
 func (e *Engine) applyDiffs(ctx context.Context, v *volume, img imagestore.Image, ds []meta.Diff) error {
 	target := &imageTarget{img: img, interval: e.cfg.fsyncInterval()}
+	if err := e.applyPasses(ctx, v, target, ds); err != nil {
+		return err
+	}
+	if target.err != nil {
+		return target.err
+	}
+	return errors.Wrap(img.Sync(), "archive: fdatasync image")
+}
+
+// applyPasses applies ds, in order, onto target's image in passes of at
+// most MaxOpen files (all at once when MaxOpen is unset), with the
+// configured discard handling.
+func (e *Engine) applyPasses(ctx context.Context, v *volume, target *imageTarget, ds []meta.Diff) error {
 	opt := wdiff.ApplyOptions{
-		Size:        img.Size(),
+		Size:        target.img.Size(),
 		ZeroDiscard: e.cfg.Discard == DiscardZero,
 		Discard:     e.cfg.Discard == DiscardPassdown,
 	}
@@ -33,33 +46,19 @@ func (e *Engine) applyDiffs(ctx context.Context, v *volume, img imagestore.Image
 		per = len(ds)
 	}
 	for i := 0; i < len(ds); i += per {
-		pass := ds[i:min(i+per, len(ds))]
-		if err := e.applyPass(ctx, v, target, pass, opt); err != nil {
+		if err := e.applyPass(ctx, v, target, ds[i:min(i+per, len(ds))], opt); err != nil {
 			return err
 		}
 	}
-	if target.err != nil {
-		return target.err
-	}
-	return errors.Wrap(img.Sync(), "archive: fdatasync image")
+	return nil
 }
 
 func (e *Engine) applyPass(ctx context.Context, v *volume, target *imageTarget, ds []meta.Diff, opt wdiff.ApplyOptions) error {
-	files := make([]*wdiff.File, 0, len(ds))
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}()
-	readers := make([]wdiff.Reader, 0, len(ds))
-	for _, d := range ds {
-		f, err := v.openDiff(d)
-		if err != nil {
-			return err
-		}
-		files = append(files, f)
-		readers = append(readers, f)
+	readers, closeAll, err := v.openDiffs(ds)
+	if err != nil {
+		return err
 	}
+	defer closeAll()
 	if len(readers) == 1 {
 		if _, err := wdiff.Apply(ctx, readers[0], target, opt); err != nil {
 			return errors.Wrapf(err, "archive: volume %s: apply %s", v.name, ds[0])
@@ -73,7 +72,7 @@ func (e *Engine) applyPass(ctx context.Context, v *volume, target *imageTarget, 
 		_ = pw.CloseWithError(err)
 		merged <- err
 	}()
-	err := func() error {
+	err = func() error {
 		sr, err := wdiff.NewSortedReader(pr)
 		if err != nil {
 			return err

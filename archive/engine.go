@@ -118,6 +118,44 @@ func (e *Engine) volume(vol string) (*volume, error) {
 	return v, nil
 }
 
+// startAction starts action on vol under cmd's guard and returns the
+// volume with the action's end, which the caller must call. The guard
+// speaks first: an unknown volume in a state that refuses cmd gets the
+// state error; one that passes the guard without a directory is
+// ErrNotFound, the action ended again.
+func (e *Engine) startAction(vol, action string, cmd Command) (*volume, func(), error) {
+	v, err := e.volume(vol)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, nil, err
+	}
+	end, err := e.vols.StartAction(vol, action, guard(cmd))
+	if err != nil {
+		return nil, nil, err
+	}
+	if v == nil {
+		end()
+		return nil, nil, errorf(ErrNotFound, "volume %s", vol)
+	}
+	return v, end, nil
+}
+
+// checkedVolume returns vol once cmd's guard allows the command, with the
+// guard's error first, as startAction does, for commands that run without
+// an action of their own.
+func (e *Engine) checkedVolume(vol string, cmd Command) (*volume, error) {
+	v, err := e.volume(vol)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	if err := e.vols.Check(vol, guard(cmd)); err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, errorf(ErrNotFound, "volume %s", vol)
+	}
+	return v, nil
+}
+
 // State returns vol's state (Clear for an unknown volume).
 func (e *Engine) State(vol string) (string, error) {
 	if err := server.ValidateVolumeName(vol); err != nil {

@@ -63,31 +63,13 @@ const (
 
 // serveFullSync is the archive side of ProtoFullSync.
 func (s *Server) serveFullSync(ctx context.Context, c *wire.Conn, args []string) error {
-	if err := wantArgs(args, 4, 4, ProtoFullSync+" VOL SIZE_LB CUR_TIME BULK_LB"); err != nil {
-		return err
-	}
-	vol, err := volArg(args, 0)
+	a, err := parseSyncArgs(args, ProtoFullSync+" VOL SIZE_LB CUR_TIME BULK_LB", "bulkLb")
 	if err != nil {
 		return err
 	}
-	sizeLB, err := u64Arg(args, 1, "sizeLb")
-	if err != nil {
-		return err
-	}
-	curTime, err := u64Arg(args, 2, "curTime")
-	if err != nil {
-		return err
-	}
-	bulkLB, err := u64Arg(args, 3, "bulkLb")
-	if err != nil {
-		return err
-	}
+	vol, sizeLB, bulkLB := a.vol, a.sizeLB, a.unit
 	if bulkLB == 0 || bulkLB > MaxBulkLB {
 		return errors.Wrapf(server.ErrBadArgs, "bulk of %d LB (1..%d)", bulkLB, MaxBulkLB)
-	}
-	ts := time.Unix(int64(curTime), 0).UTC()
-	if curTime > uint64(meta.MaxTimestamp.Unix()) {
-		return errors.Wrapf(server.ErrBadArgs, "curTime %d", curTime)
 	}
 	release, err := s.srv.Foreground()
 	if err != nil {
@@ -108,15 +90,10 @@ func (s *Server) serveFullSync(ctx context.Context, c *wire.Conn, args []string)
 	if err := c.SendAccept(ctx); err != nil {
 		return err
 	}
-	ub, err := c.RecvBytes(ctx)
+	uuid, err := recvUUID(ctx, c, "")
 	if err != nil {
 		return err
 	}
-	var uuid meta.UUID
-	if len(ub) != len(uuid) {
-		return errors.Wrapf(server.ErrBadArgs, "uuid of %d bytes", len(ub))
-	}
-	copy(uuid[:], ub)
 	if err := c.SendAck(ctx); err != nil {
 		return err
 	}
@@ -132,12 +109,60 @@ func (s *Server) serveFullSync(ctx context.Context, c *wire.Conn, args []string)
 	if err := c.SendAck(ctx); err != nil {
 		return err
 	}
+	return finishSync(ctx, f.Context(), c, func(snap meta.Snap) error { return f.Commit(snap, a.ts, uuid) })
+}
+
+// syncArgs are the arguments of the storage-to-archive syncs
+// (ProtoFullSync, ProtoHashSync): VOL SIZE_LB CUR_TIME UNIT, where UNIT is
+// the protocol's transfer unit (the bulk, the chunk), range-checked by the
+// caller.
+type syncArgs struct {
+	vol    string
+	sizeLB uint64
+	ts     time.Time // CUR_TIME, which stamps what the sync stores
+	unit   uint64
+}
+
+// parseSyncArgs parses and checks the arguments of a storage-to-archive
+// sync; usage is the protocol's usage line, unitName UNIT's name in
+// errors. Every error wraps server.ErrBadArgs (or the volume name's).
+func parseSyncArgs(args []string, usage, unitName string) (syncArgs, error) {
+	var a syncArgs
+	if err := wantArgs(args, 4, 4, usage); err != nil {
+		return a, err
+	}
+	var err error
+	if a.vol, err = volArg(args, 0); err != nil {
+		return a, err
+	}
+	if a.sizeLB, err = u64Arg(args, 1, "sizeLb"); err != nil {
+		return a, err
+	}
+	curTime, err := u64Arg(args, 2, "curTime")
+	if err != nil {
+		return a, err
+	}
+	if curTime > uint64(meta.MaxTimestamp.Unix()) {
+		return a, errors.Wrapf(server.ErrBadArgs, "curTime %d", curTime)
+	}
+	a.ts = time.Unix(int64(curTime), 0).UTC()
+	if a.unit, err = u64Arg(args, 3, unitName); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// finishSync is the last exchange of a storage-to-archive sync: it
+// receives the snapshot the storage took (on actx, the receiver's action
+// context, so that a force stop ends the wait), runs commit with it while
+// keeping the connection alive, and acknowledges.
+func finishSync(ctx, actx context.Context, c *wire.Conn, commit func(meta.Snap) error) error {
 	var snap meta.Snap
-	if err := c.RecvValue(f.Context(), &snap); err != nil {
+	if err := c.RecvValue(actx, &snap); err != nil {
 		return err
 	}
-	stop = c.KeepAlive(ctx, 0)
-	err = f.Commit(snap, ts, uuid)
+	stop := c.KeepAlive(ctx, 0)
+	err := commit(snap)
 	stop()
 	if err != nil {
 		return err
@@ -147,6 +172,19 @@ func (s *Server) serveFullSync(ctx context.Context, c *wire.Conn, args []string)
 
 // recvBulks writes the bulk stream into f.
 func recvBulks(f *FullSyncRecv, sr *wire.StreamReader, bulkLB uint64) error {
+	return readBulks(sr, bulkLB, func(b bulk) error {
+		if b.zero {
+			return f.WriteZeros(b.nLB)
+		}
+		_, err := f.Write(b.data)
+		return err
+	})
+}
+
+// readBulks decodes the bulk stream of sr (bulks of at most bulkLB
+// blocks) and hands each bulk to write, until the stream's end. A bulk's
+// data is only valid during its call: the buffer is reused.
+func readBulks(sr *wire.StreamReader, bulkLB uint64, write func(bulk) error) error {
 	var buf []byte
 	for {
 		chunk, err := sr.Next()
@@ -160,12 +198,7 @@ func recvBulks(f *FullSyncRecv, sr *wire.StreamReader, bulkLB uint64) error {
 		if b, buf, err = decodeBulk(chunk, bulkLB, buf[:0]); err != nil {
 			return err
 		}
-		if b.zero {
-			err = f.WriteZeros(b.nLB)
-		} else {
-			_, err = f.Write(b.data)
-		}
-		if err != nil {
+		if err := write(b); err != nil {
 			return err
 		}
 	}
@@ -266,19 +299,39 @@ func DialFullSync(ctx context.Context, addr, vol string, sizeLB uint64, opt Full
 	if bulk > MaxBulkLB {
 		return nil, errors.Wrapf(ErrBadArgs, "archive: bulk of %d LB over %d", bulk, MaxBulkLB)
 	}
-	cmpr := wdiff.DefaultCompression
-	if opt.Compression != nil {
-		cmpr = *opt.Compression
-	}
-	if err := cmpr.Validate(); err != nil {
+	cmpr, err := syncCompression(opt.Compression)
+	if err != nil {
 		return nil, err
 	}
-	ts := opt.Timestamp
+	c, err := dialSync(ctx, addr, opt.ClientOptions, ProtoFullSync, vol, sizeLB, opt.Timestamp, uint64(bulk))
+	if err != nil {
+		return nil, err
+	}
+	return &FullSyncClient{c: c, sizeLB: sizeLB, bulkLB: bulk, cmpr: cmpr}, nil
+}
+
+// syncCompression returns the compression of a sync's data: c, or
+// snappy (walb-tools' -sync-cmpr default) when c is nil; validated.
+func syncCompression(c *wdiff.Compression) (wdiff.Compression, error) {
+	cmpr := wdiff.DefaultCompression
+	if c != nil {
+		cmpr = *c
+	}
+	if err := cmpr.Validate(); err != nil {
+		return cmpr, err
+	}
+	return cmpr, nil
+}
+
+// dialSync opens a storage-to-archive sync, `proto VOL SIZE_LB CUR_TIME
+// UNIT` with CUR_TIME from ts (zero: now), and waits for the archive's
+// accept; a refusal is a *wire.RemoteError and closes the connection.
+func dialSync(ctx context.Context, addr string, opt ClientOptions, proto, vol string, sizeLB uint64, ts time.Time, unit uint64) (*wire.Conn, error) {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
-	c, err := wire.Dial(ctx, addr, clientID(opt.ClientID), ProtoFullSync, opt.Wire,
-		vol, strconv.FormatUint(sizeLB, 10), strconv.FormatInt(ts.Unix(), 10), strconv.FormatUint(uint64(bulk), 10))
+	c, err := wire.Dial(ctx, addr, clientID(opt.ClientID), proto, opt.Wire,
+		vol, strconv.FormatUint(sizeLB, 10), strconv.FormatInt(ts.Unix(), 10), strconv.FormatUint(unit, 10))
 	if err != nil {
 		return nil, err
 	}
@@ -286,16 +339,22 @@ func DialFullSync(ctx context.Context, addr, vol string, sizeLB uint64, opt Full
 		c.Close()
 		return nil, err
 	}
-	return &FullSyncClient{c: c, sizeLB: sizeLB, bulkLB: bulk, cmpr: cmpr}, nil
+	return c, nil
 }
 
 // SendUUID sends the device uuid (after the WAL reset) and waits for the
 // archive's acknowledgement.
 func (f *FullSyncClient) SendUUID(ctx context.Context, uuid meta.UUID) error {
-	if err := f.c.SendBytes(ctx, uuid[:]); err != nil {
+	return sendSyncUUID(ctx, f.c, uuid)
+}
+
+// sendSyncUUID sends the device uuid of a storage-to-archive sync and
+// waits for the archive's acknowledgement.
+func sendSyncUUID(ctx context.Context, c *wire.Conn, uuid meta.UUID) error {
+	if err := c.SendBytes(ctx, uuid[:]); err != nil {
 		return err
 	}
-	return f.c.RecvAck(ctx)
+	return c.RecvAck(ctx)
 }
 
 // SendImage streams blocks [0, sizeLB) of src in bulks (all-zero bulks as

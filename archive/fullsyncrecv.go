@@ -17,12 +17,8 @@ import (
 // volume Archived. Until Commit the persisted state stays SyncReady, so a
 // crash or an error leaves SyncReady and the backup must be rerun.
 type FullSyncRecv struct {
-	e      *Engine
-	v      *volume
-	tx     *server.StateTxn
+	syncTxn
 	img    imagestore.Image
-	ctx    context.Context
-	done   func()
 	sizeLB uint64
 	pos    uint64 // bytes written so far
 	dirty  int64  // bytes since the last fdatasync
@@ -35,31 +31,62 @@ type FullSyncRecv struct {
 // overwritten by the bulks (zero bulks deallocate), and anything past
 // sizeLB is deallocated.
 func (e *Engine) BeginFullSync(ctx context.Context, vol string, sizeLB uint64) (*FullSyncRecv, error) {
-	if sizeLB == 0 || sizeLB > maxVolumeLB {
-		return nil, errorf(ErrBadArgs, "full-sync %s: size %d LB", vol, sizeLB)
-	}
-	tx, err := e.vols.Begin(ctx, vol, StateFullSync, guard(CmdFullSync))
+	t, err := e.beginSyncTxn(ctx, vol, "full-sync", sizeLB, StateFullSync, CmdFullSync)
 	if err != nil {
 		return nil, err
 	}
-	v, err := e.volume(vol)
-	if err != nil {
-		tx.Rollback()
-		return nil, err
-	}
-	actx, done := v.actionContext(ctx)
-	f := &FullSyncRecv{e: e, v: v, tx: tx, ctx: actx, done: done, sizeLB: sizeLB}
+	f := &FullSyncRecv{syncTxn: t, sizeLB: sizeLB}
 	if err := f.openBase(ctx); err != nil {
 		f.Abort()
 		return nil, err
 	}
-	v.progressLB.Store(0)
+	t.v.progressLB.Store(0)
 	e.logv(vol).Info("full-sync started", "sizeLb", sizeLB)
 	return f, nil
 }
 
 // maxVolumeLB bounds volume sizes (2^63 bytes).
 const maxVolumeLB = 1 << 54
+
+// syncTxn is what a receiving sync from a storage (FullSyncRecv,
+// HashSyncRecv) holds while its volume sits in the sync's transient
+// state: the state transaction, and the action context that a force stop
+// of the volume cancels.
+type syncTxn struct {
+	e    *Engine
+	v    *volume
+	tx   *server.StateTxn
+	ctx  context.Context
+	done func()
+}
+
+// beginSyncTxn checks the device size (op names the sync in the error),
+// moves vol into the state via under cmd's guard and makes the action
+// context. The caller ends it with end.
+func (e *Engine) beginSyncTxn(ctx context.Context, vol, op string, sizeLB uint64, via string, cmd Command) (syncTxn, error) {
+	if sizeLB == 0 || sizeLB > maxVolumeLB {
+		return syncTxn{}, errorf(ErrBadArgs, "%s %s: size %d LB", op, vol, sizeLB)
+	}
+	tx, err := e.vols.Begin(ctx, vol, via, guard(cmd))
+	if err != nil {
+		return syncTxn{}, err
+	}
+	v, err := e.volume(vol)
+	if err != nil {
+		tx.Rollback()
+		return syncTxn{}, err
+	}
+	actx, done := v.actionContext(ctx)
+	return syncTxn{e: e, v: v, tx: tx, ctx: actx, done: done}, nil
+}
+
+// end rolls the state transaction back (a no-op after its commit), clears
+// the progress shown and releases the action context.
+func (t *syncTxn) end() {
+	t.tx.Rollback()
+	t.v.progressLB.Store(0)
+	t.done()
+}
 
 func (f *FullSyncRecv) openBase(ctx context.Context) error {
 	store := f.e.cfg.Images
@@ -207,25 +234,34 @@ func (f *FullSyncRecv) Commit(snap meta.Snap, ts time.Time, uuid meta.UUID) erro
 	if err != nil {
 		return err
 	}
+	if err := f.installBase("full-sync", base, aUUID, uuid); err != nil {
+		return err
+	}
+	f.e.logv(f.v.name).Info("full-sync done", "base", base.StringTs(), "uuid", uuid.String())
+	return nil
+}
+
+// installBase ends a full image transfer whose image is synced: base, the
+// archive uuid aUUID and the device uuid are saved, in that order, and
+// become the volume's, then the volume is committed Archived (the state
+// file last, so that a crash before leaves SyncReady). op names the
+// transfer in errors.
+func (f *FullSyncRecv) installBase(op string, base meta.State, aUUID, uuid meta.UUID) error {
 	v := f.v
 	if err := saveBase(v.dir, base); err != nil {
-		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+		return errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
 	if err := saveUUID(v.dir, archiveUUIDFileName, aUUID); err != nil {
-		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+		return errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
 	if err := saveUUID(v.dir, uuidFileName, uuid); err != nil {
-		return errors.Wrapf(err, "archive: full-sync %s", v.name)
+		return errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
 	v.mu.Lock()
 	v.base, v.archiveUUID, v.uuid = base, aUUID, uuid
 	v.lastSync = time.Now()
 	v.mu.Unlock()
-	if err := f.e.commitState(f.tx, v, StateArchived); err != nil {
-		return err
-	}
-	f.e.logv(v.name).Info("full-sync done", "base", base.StringTs(), "uuid", uuid.String())
-	return nil
+	return f.e.commitState(f.tx, v, StateArchived)
 }
 
 // Abort ends the transfer without committing: the volume returns to
@@ -238,7 +274,5 @@ func (f *FullSyncRecv) Abort() {
 	if f.img != nil {
 		_ = f.img.Close()
 	}
-	f.tx.Rollback()
-	f.v.progressLB.Store(0)
-	f.done()
+	f.end()
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"strconv"
 	"time"
 
 	"github.com/pkg/errors"
@@ -76,32 +75,14 @@ func (s *Server) registerHashSync() {
 
 // serveHashSync is the archive side of ProtoHashSync.
 func (s *Server) serveHashSync(ctx context.Context, c *wire.Conn, args []string) error {
-	if err := wantArgs(args, 4, 4, ProtoHashSync+" VOL SIZE_LB CUR_TIME CHUNK"); err != nil {
-		return err
-	}
-	vol, err := volArg(args, 0)
+	a, err := parseSyncArgs(args, ProtoHashSync+" VOL SIZE_LB CUR_TIME CHUNK", "chunk")
 	if err != nil {
 		return err
 	}
-	sizeLB, err := u64Arg(args, 1, "sizeLb")
-	if err != nil {
-		return err
-	}
-	curTime, err := u64Arg(args, 2, "curTime")
-	if err != nil {
-		return err
-	}
-	if curTime > uint64(meta.MaxTimestamp.Unix()) {
-		return errors.Wrapf(server.ErrBadArgs, "curTime %d", curTime)
-	}
-	chunk, err := u64Arg(args, 3, "chunk")
-	if err != nil {
-		return err
-	}
+	vol, sizeLB, chunk := a.vol, a.sizeLB, a.unit
 	if chunk == 0 || chunk > hashsync.MaxChunkSize || chunk%lbSize != 0 {
 		return errors.Wrapf(server.ErrBadArgs, "chunk of %d bytes: want a multiple of 512 up to %d", chunk, hashsync.MaxChunkSize)
 	}
-	ts := time.Unix(int64(curTime), 0).UTC()
 	release, err := s.srv.Foreground()
 	if err != nil {
 		return err
@@ -118,15 +99,10 @@ func (s *Server) serveHashSync(ctx context.Context, c *wire.Conn, args []string)
 	if err := c.SendValue(ctx, r.From()); err != nil {
 		return err
 	}
-	ub, err := c.RecvBytes(r.Context())
+	uuid, err := recvUUID(r.Context(), c, "")
 	if err != nil {
 		return err
 	}
-	var uuid meta.UUID
-	if len(ub) != len(uuid) {
-		return errors.Wrapf(server.ErrBadArgs, "uuid of %d bytes", len(ub))
-	}
-	copy(uuid[:], ub)
 	stop := c.KeepAlive(ctx, 0)
 	err = r.Open(uuid)
 	stop()
@@ -142,17 +118,7 @@ func (s *Server) serveHashSync(ctx context.Context, c *wire.Conn, args []string)
 	if err != nil {
 		return err
 	}
-	var snap meta.Snap
-	if err := c.RecvValue(r.Context(), &snap); err != nil {
-		return err
-	}
-	stop = c.KeepAlive(ctx, 0)
-	err = r.Commit(snap, ts)
-	stop()
-	if err != nil {
-		return err
-	}
-	return c.SendAck(ctx)
+	return finishSync(ctx, r.Context(), c, func(snap meta.Snap) error { return r.Commit(snap, a.ts) })
 }
 
 // HashSyncOptions configure the client side of a hash backup.
@@ -194,24 +160,12 @@ func DialHashSync(ctx context.Context, addr, vol string, sizeLB uint64, opt Hash
 	if chunk%lbSize != 0 || chunk > hashsync.MaxChunkSize {
 		return nil, errors.Wrapf(ErrBadArgs, "archive: hash-sync: chunk of %d bytes: want a multiple of 512 up to %d", chunk, hashsync.MaxChunkSize)
 	}
-	cmpr := wdiff.DefaultCompression
-	if opt.Compression != nil {
-		cmpr = *opt.Compression
-	}
-	if err := cmpr.Validate(); err != nil {
-		return nil, err
-	}
-	ts := opt.Timestamp
-	if ts.IsZero() {
-		ts = time.Now()
-	}
-	c, err := wire.Dial(ctx, addr, clientID(opt.ClientID), ProtoHashSync, opt.Wire,
-		vol, strconv.FormatUint(sizeLB, 10), strconv.FormatInt(ts.Unix(), 10), strconv.Itoa(chunk))
+	cmpr, err := syncCompression(opt.Compression)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.ExpectAccept(ctx); err != nil {
-		c.Close()
+	c, err := dialSync(ctx, addr, opt.ClientOptions, ProtoHashSync, vol, sizeLB, opt.Timestamp, uint64(chunk))
+	if err != nil {
 		return nil, err
 	}
 	h := &HashSyncClient{c: c, sizeLB: sizeLB, chunk: chunk, cmpr: cmpr}
@@ -229,10 +183,7 @@ func (h *HashSyncClient) From() meta.Snap { return h.from }
 // SendUUID sends the device uuid (after the WAL reset) and waits for the
 // archive's acknowledgement: it has prepared the image at From.
 func (h *HashSyncClient) SendUUID(ctx context.Context, uuid meta.UUID) error {
-	if err := h.c.SendBytes(ctx, uuid[:]); err != nil {
-		return err
-	}
-	return h.c.RecvAck(ctx)
+	return sendSyncUUID(ctx, h.c, uuid)
 }
 
 // SendDiff runs the data side of the comparison (hashsync.WireDataSide):
@@ -292,15 +243,9 @@ func (h *HashSyncClient) Close() error {
 // gives it.
 func (e *Engine) BlockHash(ctx context.Context, vol string, gid uint64, opt hashsync.BHashOptions,
 	emit func(addr uint64, sum [hashsync.SipHash128Size]byte) error) error {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	v, err := e.checkedVolume(vol, CmdBlockHash)
+	if err != nil {
 		return err
-	}
-	if err := e.vols.Check(vol, guard(CmdBlockHash)); err != nil {
-		return err
-	}
-	if v == nil {
-		return errorf(ErrNotFound, "volume %s", vol)
 	}
 	ctx, done := v.actionContext(ctx)
 	defer done()

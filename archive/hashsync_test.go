@@ -484,8 +484,7 @@ func TestHashSyncCorruptStream(t *testing.T) {
 	ctx := testCtx(t)
 	const vol = "hc"
 	m := newModel(3, 1024)
-	require.NoError(t, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	dev := bytes.Clone(m.img)
 	scribble(dev, 1, false)
 	scribble(dev, 5, true)
@@ -545,8 +544,7 @@ func TestHashSyncAutoResize(t *testing.T) {
 	ctx := testCtx(t)
 	const vol = "ha"
 	m := newModel(8, 1024)
-	require.NoError(t, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	dev := append(bytes.Clone(m.img), make([]byte, 1024*lbSize)...)
 	scribble(dev, 12, false) // in the new area
 	scribble(dev, 2, false)
@@ -600,8 +598,7 @@ func TestHashSyncCrash(t *testing.T) {
 	ctx := testCtx(t)
 	const vol = "hk"
 	m := newModel(13, 2048)
-	require.NoError(t, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	m.record(0)
 	require.NoError(t, env.sendDiff(ctx, vol, m, cleanDiff(0, 1, false), m.nextWdiff(t, 20)))
 	m.record(1)
@@ -669,8 +666,7 @@ func FuzzHashSyncReceive(f *testing.F) {
 	const vol = "fh"
 	const sizeLB = 256
 	m := newModel(31, sizeLB)
-	require.NoError(f, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	for _, changed := range [][]int{{}, {0}, {1}, {0, 1}} {
 		dev := bytes.Clone(m.img)
 		for _, i := range changed {
@@ -786,8 +782,7 @@ func TestHashSyncBadCompressedData(t *testing.T) {
 	ctx := testCtx(t)
 	const vol = "hz"
 	m := newModel(6, 1024)
-	require.NoError(t, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	before := env.dirSnapshot()
 	chunk := bytes.Repeat([]byte("hand-made chunk "), testChunk/16)
 	for _, tc := range []struct {
@@ -834,8 +829,7 @@ func BenchmarkHashSyncLocal(b *testing.B) {
 	ctx := testCtx(b)
 	const vol = "bh"
 	m := newModel(3, 1<<14)
-	require.NoError(b, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	for g := uint64(0); g < 4; g++ {
 		require.NoError(b, env.sendDiff(ctx, vol, m, cleanDiff(g, g+1, true), m.nextWdiff(b, 100)))
 	}

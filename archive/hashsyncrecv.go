@@ -30,11 +30,7 @@ type HashSide func(ctx context.Context, old io.ReaderAt, s hashsync.Session, sin
 // the volume Archived with its diffs unchanged, and removes the temporary
 // file and image.
 type HashSyncRecv struct {
-	e      *Engine
-	v      *volume
-	tx     *server.StateTxn
-	ctx    context.Context
-	done   func()
+	syncTxn
 	sizeLB uint64
 	from   meta.Snap
 	uuid   meta.UUID
@@ -56,25 +52,16 @@ type HashSyncRecv struct {
 // larger source is). A smaller device is compared over its own size only:
 // the archive image keeps whatever lies beyond it.
 func (e *Engine) BeginHashSync(ctx context.Context, vol string, sizeLB uint64) (*HashSyncRecv, error) {
-	if sizeLB == 0 || sizeLB > maxVolumeLB {
-		return nil, errorf(ErrBadArgs, "hash-sync %s: size %d LB", vol, sizeLB)
-	}
-	tx, err := e.vols.Begin(ctx, vol, StateHashSync, guard(CmdHashSync))
+	t, err := e.beginSyncTxn(ctx, vol, "hash-sync", sizeLB, StateHashSync, CmdHashSync)
 	if err != nil {
 		return nil, err
 	}
-	v, err := e.volume(vol)
-	if err != nil {
-		tx.Rollback()
-		return nil, err
-	}
-	actx, done := v.actionContext(ctx)
-	r := &HashSyncRecv{e: e, v: v, tx: tx, ctx: actx, done: done, sizeLB: sizeLB}
+	r := &HashSyncRecv{syncTxn: t, sizeLB: sizeLB}
 	if err := r.begin(); err != nil {
 		r.Abort()
 		return nil, err
 	}
-	v.progressLB.Store(0)
+	t.v.progressLB.Store(0)
 	e.logv(vol).Info("hash-sync started", "sizeLb", sizeLB, "from", r.from.String())
 	return r, nil
 }
@@ -257,40 +244,50 @@ func (r *HashSyncRecv) Commit(snap meta.Snap, ts time.Time) error {
 	if latest := v.diffs.LatestSnap(v.getBase()); latest != r.from {
 		return errorf(ErrNotApplicableDiff, "hash-sync %s: latest snapshot moved from %s to %s", v.name, r.from, latest)
 	}
-	fi, err := r.tmp.Stat()
+	d, err := v.commitComparedDiff("hash-sync", r.tx, r.tmp, d, r.uuid)
 	if err != nil {
-		return errors.Wrapf(err, "archive: hash-sync %s", v.name)
+		return err
+	}
+	r.tmp = nil
+	r.e.logv(v.name).Info("hash-sync done", "diff", d.String(), "size", d.DataSize, "uuid", r.uuid.String(),
+		"diffChunks", r.stats.DiffChunks, "scanned", r.stats.Scanned)
+	return nil
+}
+
+// commitComparedDiff ends a hash comparison (a hash backup or a HASH
+// step) whose differing chunks are in tmp: tmp becomes the file of d, with
+// its DataSize set, and d is registered; then the sender's device uuid is
+// saved and tx commits the volume Archived. The diff comes first, then the
+// uuid, as walb-tools does: a crash between leaves the diff under the old
+// uuid, and the sender, which got no ACK, reruns from the new latest
+// snapshot. A failure leaves d unregistered; op names the exchange in
+// errors. It returns d as registered.
+func (v *volume) commitComparedDiff(op string, tx *server.StateTxn, tmp *meta.TempFile, d meta.Diff, uuid meta.UUID) (meta.Diff, error) {
+	fi, err := tmp.Stat()
+	if err != nil {
+		return d, errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
 	d.DataSize = uint64(fi.Size())
 	path, err := meta.DiffPath(v.dir, d)
 	if err != nil {
-		return errors.Wrapf(err, "archive: hash-sync %s", v.name)
+		return d, errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
-	if err := r.tmp.Commit(path); err != nil {
-		return errors.Wrapf(err, "archive: hash-sync %s", v.name)
+	if err := tmp.Commit(path); err != nil {
+		return d, errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
-	r.tmp = nil
 	if err := v.addDiff(d); err != nil {
 		v.unlinkFiles([]string{filepath.Base(path)})
-		return errors.Wrapf(err, "archive: hash-sync %s", v.name)
+		return d, errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
-	// The diff first, then the uuid, as walb-tools does: a crash between
-	// leaves the diff under the old uuid, and the storage, which got no
-	// ACK, reruns the backup from the new latest snapshot.
-	if err := saveUUID(v.dir, uuidFileName, r.uuid); err != nil {
+	if err := saveUUID(v.dir, uuidFileName, uuid); err != nil {
 		v.removeDiffs([]meta.Diff{d})
-		return errors.Wrapf(err, "archive: hash-sync %s", v.name)
+		return d, errors.Wrapf(err, "archive: %s %s", op, v.name)
 	}
 	v.mu.Lock()
-	v.uuid = r.uuid
+	v.uuid = uuid
 	v.lastSync = time.Now()
 	v.mu.Unlock()
-	if err := r.tx.Commit(StateArchived); err != nil {
-		return err
-	}
-	r.e.logv(v.name).Info("hash-sync done", "diff", d.String(), "size", d.DataSize, "uuid", r.uuid.String(),
-		"diffChunks", r.stats.DiffChunks, "scanned", r.stats.Scanned)
-	return nil
+	return d, tx.Commit(StateArchived)
 }
 
 // Abort drops the backup: the image and the temporary file are removed
@@ -307,9 +304,7 @@ func (r *HashSyncRecv) Abort() {
 		_ = r.tmp.Abort()
 		r.tmp = nil
 	}
-	r.tx.Rollback()
-	r.v.progressLB.Store(0)
-	r.done()
+	r.end()
 }
 
 // checkedSink stores the differing chunks in the temporary wdiff after

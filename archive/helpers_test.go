@@ -206,6 +206,14 @@ func (env *testEnv) fullSync(ctx context.Context, vol string, m *model, snap met
 	require.NoError(t, f.Commit(snap, time.Unix(1700000000, 0), m.uuid))
 }
 
+// initArchived makes vol an Archived volume holding m's image: init-vol,
+// then a full backup ending at the clean snapshot 0.
+func (env *testEnv) initArchived(ctx context.Context, vol string, m *model) {
+	env.t.Helper()
+	require.NoError(env.t, env.e.InitVol(ctx, vol))
+	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+}
+
 // sendDiff receives one wdiff.
 func (env *testEnv) sendDiff(ctx context.Context, vol string, m *model, d meta.Diff, data []byte) error {
 	return env.e.ReceiveWdiff(ctx, vol, WdiffHeader{Sender: SenderProxy, UUID: m.uuid, SizeLB: m.sizeLB, Diff: d}, bytes.NewReader(data))

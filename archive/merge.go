@@ -59,17 +59,9 @@ func (e *Engine) mergeList(v *volume, r MergeRange) ([]meta.Diff, error) {
 // Apply, Merge or Resize running, the base not applying, at least two
 // diffs to merge) and starts the Merge action.
 func (e *Engine) PrepareMerge(vol string, r MergeRange) (*MergeCheck, error) {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	end, err := e.vols.StartAction(vol, ActionMerge, guard(CmdMerge))
+	v, end, err := e.startAction(vol, ActionMerge, CmdMerge)
 	if err != nil {
 		return nil, err
-	}
-	if v == nil {
-		end()
-		return nil, errorf(ErrNotFound, "volume %s", vol)
 	}
 	if base := v.getBase(); base.IsApplying {
 		end()
@@ -120,21 +112,11 @@ func (m *MergeCheck) Run(ctx context.Context) error {
 	}
 	v.pin(list)
 	defer v.unpin(list)
-	files := make([]*wdiff.File, 0, len(list))
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}()
-	readers := make([]wdiff.Reader, 0, len(list))
-	for _, d := range list {
-		f, err := v.openDiff(d)
-		if err != nil {
-			return err
-		}
-		files = append(files, f)
-		readers = append(readers, f)
+	readers, closeAll, err := v.openDiffs(list)
+	if err != nil {
+		return err
 	}
+	defer closeAll()
 	tmp, err := meta.CreateTemp(v.dir, 0o644)
 	if err != nil {
 		return errors.Wrapf(err, "archive: merge %s", v.name)

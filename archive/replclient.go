@@ -38,17 +38,9 @@ func (e *Engine) PrepareReplicate(ctx context.Context, vol string, opt Replicate
 	if err != nil {
 		return nil, err
 	}
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	end, err := e.vols.StartAction(vol, ActionReplSyncAsClient, guard(CmdReplicate))
+	v, end, err := e.startAction(vol, ActionReplSyncAsClient, CmdReplicate)
 	if err != nil {
 		return nil, err
-	}
-	if v == nil {
-		end()
-		return nil, errorf(ErrNotFound, "volume %s", vol)
 	}
 	v.mu.Lock()
 	aUUID, size := v.archiveUUID, v.sizeLB
@@ -393,21 +385,9 @@ func (r *ReplicateCheck) openDiffSource(ctx context.Context, list []meta.Diff) (
 		}
 		_ = f.Close() // an indexed file: the merge below rewrites it sorted
 	}
-	files := make([]*wdiff.File, 0, len(list))
-	closeAll := func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}
-	readers := make([]wdiff.Reader, 0, len(list))
-	for _, d := range list {
-		f, err := v.openDiff(d)
-		if err != nil {
-			closeAll()
-			return nil, err
-		}
-		files = append(files, f)
-		readers = append(readers, f)
+	readers, closeAll, err := v.openDiffs(list)
+	if err != nil {
+		return nil, err
 	}
 	cmpr := *r.opt.Compression
 	return &diffSource{
@@ -425,19 +405,10 @@ func (r *ReplicateCheck) openDiffSource(ctx context.Context, list []meta.Diff) (
 func (v *volume) openDiffRaw(d meta.Diff) (*os.File, wdiff.FileHeader, error) {
 	var h wdiff.FileHeader
 	v.mu.Lock()
-	var name string
-	if cur, ok := v.diffs.Get(d); ok {
-		n, err := meta.FileName(cur)
-		if err != nil {
-			v.mu.Unlock()
-			return nil, h, err
-		}
-		name = n
-	} else if n, ok := v.doomed[keyOf(d)]; ok {
-		name = n
-	} else {
+	name, err := v.diffFileNameLocked(d)
+	if err != nil {
 		v.mu.Unlock()
-		return nil, h, errorf(ErrNotFound, "volume %s: diff %s is gone", v.name, d)
+		return nil, h, err
 	}
 	f, err := os.Open(v.path(name))
 	v.mu.Unlock()

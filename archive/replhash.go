@@ -2,7 +2,6 @@ package archive
 
 import (
 	"context"
-	"path/filepath"
 	"time"
 
 	"github.com/pkg/errors"
@@ -166,17 +165,11 @@ func (rs *replServer) serveHash(ctx context.Context, c *wire.Conn, sent meta.Sta
 	if !d.CompDiff || d.SnapB != sent.SnapB {
 		return errorf(ErrNotApplicableDiff, "hash-repl %s: diff %s%s does not start at the latest snapshot %s", v.name, d, d.Flags(), sent.SnapB)
 	}
-	tx, err := e.vols.Begin(ctx, v.name, StateReplSyncAsServer, guard(CmdReplServer))
+	tx, err := rs.beginStep(ctx, sizeLB, sent, d)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if err := rs.checkStep(ctx, sizeLB, sent); err != nil {
-		return err
-	}
-	if err := e.relationReply(v, d); err != nil {
-		return err
-	}
 	ctx, done := v.actionContext(ctx)
 	defer done()
 	defer v.progressLB.Store(0)
@@ -216,7 +209,7 @@ func (rs *replServer) serveHash(ctx context.Context, c *wire.Conn, sent meta.Sta
 	}
 	_ = img.Close()
 	stop = c.KeepAlive(ctx, 0)
-	err = rs.commitHash(tx, tmp, d, uuid)
+	_, err = v.commitComparedDiff("hash-repl", tx, tmp, d, uuid)
 	stop()
 	if err != nil {
 		return err
@@ -224,37 +217,6 @@ func (rs *replServer) serveHash(ctx context.Context, c *wire.Conn, sent meta.Sta
 	tmp = nil
 	e.logv(v.name).Info("hash-repl received", "diff", d.String(), "stats", st.String())
 	return c.SendAck(ctx)
-}
-
-// commitHash makes the compared diff durable and registers it, saves the
-// source's device uuid and returns the volume to Archived.
-func (rs *replServer) commitHash(tx *server.StateTxn, tmp *meta.TempFile, d meta.Diff, uuid meta.UUID) error {
-	v := rs.v
-	fi, err := tmp.Stat()
-	if err != nil {
-		return errors.Wrapf(err, "archive: hash-repl %s", v.name)
-	}
-	d.DataSize = uint64(fi.Size())
-	path, err := meta.DiffPath(v.dir, d)
-	if err != nil {
-		return errors.Wrapf(err, "archive: hash-repl %s", v.name)
-	}
-	if err := tmp.Commit(path); err != nil {
-		return errors.Wrapf(err, "archive: hash-repl %s", v.name)
-	}
-	if err := v.addDiff(d); err != nil {
-		v.unlinkFiles([]string{filepath.Base(path)})
-		return errors.Wrapf(err, "archive: hash-repl %s", v.name)
-	}
-	if err := saveUUID(v.dir, uuidFileName, uuid); err != nil {
-		v.removeDiffs([]meta.Diff{d})
-		return errors.Wrapf(err, "archive: hash-repl %s", v.name)
-	}
-	v.mu.Lock()
-	v.uuid = uuid
-	v.lastSync = time.Now()
-	v.mu.Unlock()
-	return tx.Commit(StateArchived)
 }
 
 func (rs *replServer) hashOptions() hashsync.HashOptions {
@@ -274,16 +236,7 @@ func replHashErr(ctx context.Context, err error, what, vol string) error {
 
 // recvHashHeader receives what opens a HASH step.
 func recvHashHeader(ctx context.Context, c *wire.Conn) (sizeLB, bulkLB uint64, d meta.Diff, uuid meta.UUID, err error) {
-	if sizeLB, err = c.RecvU64(ctx); err != nil {
-		return
-	}
-	if bulkLB, err = c.RecvU64(ctx); err != nil {
-		return
-	}
-	if err = c.RecvValue(ctx, &d); err != nil {
-		return
-	}
-	if uuid, err = recvUUID(ctx, c); err != nil {
+	if sizeLB, bulkLB, uuid, err = recvStepHeader(ctx, c, &d); err != nil {
 		return
 	}
 	err = checkHashSizes(sizeLB, bulkLB)

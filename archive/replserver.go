@@ -2,7 +2,6 @@ package archive
 
 import (
 	"context"
-	"io"
 	"os"
 	"time"
 
@@ -127,16 +126,7 @@ func (v *volume) latestState() meta.State {
 // recvReplHeader receives the sizes, state and uuid that open FULL and
 // RESYNC.
 func recvReplHeader(ctx context.Context, c *wire.Conn) (sizeLB, bulkLB uint64, st meta.State, uuid meta.UUID, err error) {
-	if sizeLB, err = c.RecvU64(ctx); err != nil {
-		return
-	}
-	if bulkLB, err = c.RecvU64(ctx); err != nil {
-		return
-	}
-	if err = c.RecvValue(ctx, &st); err != nil {
-		return
-	}
-	if uuid, err = recvUUID(ctx, c); err != nil {
+	if sizeLB, bulkLB, uuid, err = recvStepHeader(ctx, c, &st); err != nil {
 		return
 	}
 	if sizeLB == 0 || sizeLB > maxVolumeLB {
@@ -147,14 +137,37 @@ func recvReplHeader(ctx context.Context, c *wire.Conn) (sizeLB, bulkLB uint64, s
 	return
 }
 
-func recvUUID(ctx context.Context, c *wire.Conn) (meta.UUID, error) {
+// recvStepHeader receives the frames that open FULL, RESYNC and HASH:
+// U64 SIZE_LB, U64 BULK_LB, the step's Value (into val), Bytes uuid. The
+// caller checks the sizes, whose limits differ by step.
+func recvStepHeader(ctx context.Context, c *wire.Conn, val meta.Decodable) (sizeLB, bulkLB uint64, uuid meta.UUID, err error) {
+	if sizeLB, err = c.RecvU64(ctx); err != nil {
+		return
+	}
+	if bulkLB, err = c.RecvU64(ctx); err != nil {
+		return
+	}
+	if err = c.RecvValue(ctx, val); err != nil {
+		return
+	}
+	uuid, err = recvUUID(ctx, c, "repl-sync")
+	return
+}
+
+// recvUUID receives a device uuid, a Bytes frame of 16 bytes; a frame of
+// another length is ErrBadArgs, its message prefixed with op when op is
+// not empty.
+func recvUUID(ctx context.Context, c *wire.Conn, op string) (meta.UUID, error) {
 	var u meta.UUID
 	b, err := c.RecvBytes(ctx)
 	if err != nil {
 		return u, err
 	}
 	if len(b) != len(u) {
-		return u, errorf(ErrBadArgs, "repl-sync: uuid of %d bytes", len(b))
+		if op != "" {
+			return u, errorf(ErrBadArgs, "%s: uuid of %d bytes", op, len(b))
+		}
+		return u, errorf(ErrBadArgs, "uuid of %d bytes", len(b))
 	}
 	copy(u[:], b)
 	return u, nil
@@ -259,23 +272,7 @@ func (rs *replServer) fullReplStart(base meta.State, sizeLB uint64) uint64 {
 
 // recvReplBulks writes the bulk stream into f, saving st at each fsync.
 func (f *FullSyncRecv) recvReplBulks(sr *wire.StreamReader, bulkLB uint64, st *FullReplState) error {
-	var buf []byte
-	for {
-		chunk, err := sr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var b bulk
-		if b, buf, err = decodeBulk(chunk, bulkLB, buf[:0]); err != nil {
-			return err
-		}
-		if err := f.writeReplBulk(b, st); err != nil {
-			return err
-		}
-	}
+	return readBulks(sr, bulkLB, func(b bulk) error { return f.writeReplBulk(b, st) })
 }
 
 // writeReplBulk writes one bulk of a full replication. It is the full
@@ -337,20 +334,7 @@ func (f *FullSyncRecv) commitRepl(base meta.State, uuid, aUUID meta.UUID) error 
 	if err := f.img.Sync(); err != nil {
 		return errors.Wrapf(err, "archive: full-repl %s: fdatasync", v.name)
 	}
-	if err := saveBase(v.dir, base); err != nil {
-		return errors.Wrapf(err, "archive: full-repl %s", v.name)
-	}
-	if err := saveUUID(v.dir, archiveUUIDFileName, aUUID); err != nil {
-		return errors.Wrapf(err, "archive: full-repl %s", v.name)
-	}
-	if err := saveUUID(v.dir, uuidFileName, uuid); err != nil {
-		return errors.Wrapf(err, "archive: full-repl %s", v.name)
-	}
-	v.mu.Lock()
-	v.base, v.archiveUUID, v.uuid = base, aUUID, uuid
-	v.lastSync = time.Now()
-	v.mu.Unlock()
-	if err := f.e.commitState(f.tx, v, StateArchived); err != nil {
+	if err := f.installBase("full-repl", base, aUUID, uuid); err != nil {
 		return err
 	}
 	if err := v.removeFullReplState(); err != nil {
@@ -387,7 +371,7 @@ func (rs *replServer) serveDiff(ctx context.Context, c *wire.Conn, sent meta.Sta
 	if err != nil {
 		return err
 	}
-	uuid, err := recvUUID(ctx, c)
+	uuid, err := recvUUID(ctx, c, "repl-sync")
 	if err != nil {
 		return err
 	}
@@ -398,17 +382,11 @@ func (rs *replServer) serveDiff(ctx context.Context, c *wire.Conn, sent meta.Sta
 	if sizeLB == 0 || sizeLB > maxVolumeLB {
 		return errorf(ErrBadArgs, "diff-repl %s: size %d LB", v.name, sizeLB)
 	}
-	tx, err := e.vols.Begin(ctx, v.name, StateReplSyncAsServer, guard(CmdReplServer))
+	tx, err := rs.beginStep(ctx, sizeLB, sent, d)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if err := rs.checkStep(ctx, sizeLB, sent); err != nil {
-		return err
-	}
-	if err := e.relationReply(v, d); err != nil {
-		return err
-	}
 	actx, done := v.actionContext(ctx)
 	r := &WdiffRecv{e: e, v: v, tx: tx, ctx: actx, done: done,
 		h: WdiffHeader{Sender: SenderArchive, UUID: uuid, SizeLB: sizeLB, Diff: d}}
@@ -416,13 +394,7 @@ func (rs *replServer) serveDiff(ctx context.Context, c *wire.Conn, sent meta.Sta
 	if err := c.SendOK(ctx); err != nil {
 		return err
 	}
-	if err := r.Receive(c.NewStreamReader(actx)); err != nil {
-		return err
-	}
-	stop := c.KeepAlive(ctx, 0)
-	err = r.Commit()
-	stop()
-	if err != nil {
+	if err := r.receiveFrom(ctx, c); err != nil {
 		return err
 	}
 	v.mu.Lock()
@@ -431,6 +403,26 @@ func (rs *replServer) serveDiff(ctx context.Context, c *wire.Conn, sent meta.Sta
 	v.dropRemoved(gone)
 	e.logv(v.name).Info("diff-repl received", "diff", d.String(), "gcRange", len(gone))
 	return c.SendAck(ctx)
+}
+
+// beginStep opens a HASH or DIFF step that brings the diff d from a
+// source volume of sizeLB blocks: the volume goes ReplSyncAsServer, then
+// checkStep, and d must apply to the latest snapshot. On success the
+// caller owns the transaction (and rolls it back unless it commits).
+func (rs *replServer) beginStep(ctx context.Context, sizeLB uint64, sent meta.State, d meta.Diff) (*server.StateTxn, error) {
+	tx, err := rs.e.vols.Begin(ctx, rs.v.name, StateReplSyncAsServer, guard(CmdReplServer))
+	if err != nil {
+		return nil, err
+	}
+	if err := rs.checkStep(ctx, sizeLB, sent); err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	if err := rs.e.relationReply(rs.v, d); err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	return tx, nil
 }
 
 // checkStep runs the checks common to HASH and DIFF inside the step's

@@ -12,18 +12,11 @@ import (
 // it), which is what walb-tools' zeroclear option asks for, so the option
 // costs nothing here. Restored images keep their size.
 func (e *Engine) Resize(ctx context.Context, vol string, sizeLB uint64) error {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return err
-	}
-	end, err := e.vols.StartAction(vol, ActionResize, guard(CmdResize))
+	v, end, err := e.startAction(vol, ActionResize, CmdResize)
 	if err != nil {
 		return err
 	}
 	defer end()
-	if v == nil {
-		return errorf(ErrNotFound, "volume %s", vol)
-	}
 	if sizeLB == 0 || sizeLB > maxVolumeLB {
 		return errorf(ErrBadArgs, "resize %s: size %d LB", vol, sizeLB)
 	}

@@ -22,17 +22,9 @@ type RestoreCheck struct {
 // no Restore or Resize running, gid restorable and not restored yet) and
 // starts the Restore action. Run, or Cancel, must follow.
 func (e *Engine) PrepareRestore(vol string, gid uint64) (*RestoreCheck, error) {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	end, err := e.vols.StartAction(vol, ActionRestore, guard(CmdRestore))
+	v, end, err := e.startAction(vol, ActionRestore, CmdRestore)
 	if err != nil {
 		return nil, err
-	}
-	if v == nil {
-		end()
-		return nil, errorf(ErrNotFound, "volume %s", vol)
 	}
 	v.mu.Lock()
 	_, done := v.restored[gid]
@@ -133,15 +125,9 @@ func (e *Engine) Restore(ctx context.Context, vol string, gid uint64) error {
 // DelRestored withdraws the export of restored image gid and deletes it
 // (the volume active or Stopped, no Restore or Resize running).
 func (e *Engine) DelRestored(ctx context.Context, vol string, gid uint64) error {
-	v, err := e.volume(vol)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	v, err := e.checkedVolume(vol, CmdDelRestored)
+	if err != nil {
 		return err
-	}
-	if err := e.vols.Check(vol, guard(CmdDelRestored)); err != nil {
-		return err
-	}
-	if v == nil {
-		return errorf(ErrNotFound, "volume %s", vol)
 	}
 	v.mu.Lock()
 	_, ok := v.restored[gid]

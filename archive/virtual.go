@@ -10,7 +10,6 @@ import (
 
 	"github.com/walb-go/walb/imagestore"
 	"github.com/walb-go/walb/meta"
-	"github.com/walb-go/walb/wdiff"
 )
 
 // Virtual images (system.md §5.5 "virtual full scan"): the image of a
@@ -130,19 +129,8 @@ func (e *Engine) cloneVirtual() bool {
 // so its durability does not matter.
 func (e *Engine) applyVirtual(ctx context.Context, v *volume, img imagestore.Image, ds []meta.Diff) error {
 	target := &imageTarget{img: img, interval: math.MaxInt64}
-	opt := wdiff.ApplyOptions{
-		Size:        img.Size(),
-		ZeroDiscard: e.cfg.Discard == DiscardZero,
-		Discard:     e.cfg.Discard == DiscardPassdown,
-	}
-	per := e.cfg.MaxOpen
-	if per <= 0 {
-		per = len(ds)
-	}
-	for i := 0; i < len(ds); i += per {
-		if err := e.applyPass(ctx, v, target, ds[i:min(i+per, len(ds))], opt); err != nil {
-			return err
-		}
+	if err := e.applyPasses(ctx, v, target, ds); err != nil {
+		return err
 	}
 	return ctx.Err()
 }

@@ -66,8 +66,7 @@ func virtualVol(t *testing.T, env *testEnv, vol string, n uint64) *model {
 	ctx := testCtx(t)
 	m := newModel(17, 2048)
 	m.discard = true
-	require.NoError(t, env.e.InitVol(ctx, vol))
-	env.fullSync(ctx, vol, m, meta.CleanSnap(0))
+	env.initArchived(ctx, vol, m)
 	m.record(0)
 	for g := uint64(0); g < n; g++ {
 		require.NoError(t, env.sendDiff(ctx, vol, m, cleanDiff(g, g+1, g%2 == 1), m.nextWdiff(t, 25)))

@@ -274,23 +274,51 @@ func (v *volume) addDiff(d meta.Diff) error {
 func (v *volume) openDiff(d meta.Diff) (*wdiff.File, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	var name string
-	if cur, ok := v.diffs.Get(d); ok {
-		n, err := meta.FileName(cur)
-		if err != nil {
-			return nil, err
-		}
-		name = n
-	} else if n, ok := v.doomed[keyOf(d)]; ok {
-		name = n
-	} else {
-		return nil, errorf(ErrNotFound, "volume %s: diff %s is gone", v.name, d)
+	name, err := v.diffFileNameLocked(d)
+	if err != nil {
+		return nil, err
 	}
 	f, err := wdiff.Open(v.path(name))
 	if err != nil {
 		return nil, errors.Wrapf(err, "archive: volume %s: open %s", v.name, name)
 	}
 	return f, nil
+}
+
+// diffFileNameLocked returns the name of d's current file: indexed, or
+// removed from the index but still pinned by a reader (ErrNotFound when
+// neither). v.mu must be held, and kept until the file is open.
+func (v *volume) diffFileNameLocked(d meta.Diff) (string, error) {
+	if cur, ok := v.diffs.Get(d); ok {
+		return meta.FileName(cur)
+	}
+	if n, ok := v.doomed[keyOf(d)]; ok {
+		return n, nil
+	}
+	return "", errorf(ErrNotFound, "volume %s: diff %s is gone", v.name, d)
+}
+
+// openDiffs opens the files of ds, in order, and returns them as readers
+// with a function that closes them all; on failure, those already opened
+// are closed.
+func (v *volume) openDiffs(ds []meta.Diff) ([]wdiff.Reader, func(), error) {
+	files := make([]*wdiff.File, 0, len(ds))
+	closeAll := func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}
+	readers := make([]wdiff.Reader, 0, len(ds))
+	for _, d := range ds {
+		f, err := v.openDiff(d)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		files = append(files, f)
+		readers = append(readers, f)
+	}
+	return readers, closeAll, nil
 }
 
 // actionContext derives a context that a force stop of the volume cancels.

@@ -67,16 +67,23 @@ func (s *Server) serveWdiffTransfer(ctx context.Context, c *wire.Conn, args []st
 	if err := c.SendAccept(ctx); err != nil {
 		return err
 	}
-	if err := r.Receive(c.NewStreamReader(r.Context())); err != nil {
-		return err
-	}
-	stop := c.KeepAlive(ctx, 0)
-	err = r.Commit()
-	stop()
-	if err != nil {
+	if err := r.receiveFrom(ctx, c); err != nil {
 		return err
 	}
 	return c.SendAck(ctx)
+}
+
+// receiveFrom receives the wdiff stream that follows on c (read under the
+// transfer's context, so that a force stop ends it) and commits the diff,
+// keeping the connection alive while the commit syncs.
+func (r *WdiffRecv) receiveFrom(ctx context.Context, c *wire.Conn) error {
+	if err := r.Receive(c.NewStreamReader(r.ctx)); err != nil {
+		return err
+	}
+	stop := c.KeepAlive(ctx, 0)
+	err := r.Commit()
+	stop()
+	return err
 }
 
 // WdiffReply is the archive's answer to a wdiff transfer, for the proxy to
