@@ -233,6 +233,12 @@ func (c *cluster) mustWdevc(args ...string) string {
 // walbc runs walbc against server s, with -wait for the long commands when
 // wait is set, and returns its output.
 func (c *cluster) walbcCtx(ctx context.Context, s controller.Server, wait bool, args ...string) (string, error) {
+	return runWalbc(ctx, s, wait, args...)
+}
+
+// runWalbc runs walbc against server s (with -wait when wait is set) and
+// returns its output.
+func runWalbc(ctx context.Context, s controller.Server, wait bool, args ...string) (string, error) {
 	host, port, err := net.SplitHostPort(s.Addr)
 	if err != nil {
 		return "", err
@@ -282,8 +288,11 @@ func (c *cluster) ctx() context.Context {
 // checkOutputs fails the test if a server panicked or, when built with
 // -race (WALB_E2E_RACE_BINS=1), reported a data race: both go to its
 // stderr, which the test keeps in the .out file.
-func (c *cluster) checkOutputs() {
-	for _, p := range c.procs() {
+func (c *cluster) checkOutputs() { checkOutputs(c.t, c.procs()) }
+
+// checkOutputs fails t if one of procs panicked or reported a data race.
+func checkOutputs(t testing.TB, procs []*proc) {
+	for _, p := range procs {
 		if p == nil {
 			continue
 		}
@@ -294,20 +303,23 @@ func (c *cluster) checkOutputs() {
 		out := string(b)
 		for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
 			if i := strings.Index(out, bad); i >= 0 {
-				c.t.Errorf("%s wrote %q on its stderr (%s):\n%s", p.name, bad, p.outPath, out[i:min(len(out), i+6000)])
+				t.Errorf("%s wrote %q on its stderr (%s):\n%s", p.name, bad, p.outPath, out[i:min(len(out), i+6000)])
 			}
 		}
 	}
 }
 
 // dumpLogs writes the end of every server's log to the test log.
-func (c *cluster) dumpLogs() {
-	for _, p := range c.procs() {
+func (c *cluster) dumpLogs() { dumpLogs(c.t, c.procs(), c.dir) }
+
+// dumpLogs writes the end of the logs of procs to the test log.
+func dumpLogs(t testing.TB, procs []*proc, dir string) {
+	for _, p := range procs {
 		if p != nil {
-			c.t.Logf("\n%s", p.tail(12<<10))
+			t.Logf("\n%s", p.tail(12<<10))
 		}
 	}
-	c.t.Logf("work directory: %s (kept with WALB_E2E_KEEP=1)", c.dir)
+	t.Logf("work directory: %s (kept with WALB_E2E_KEEP=1)", dir)
 }
 
 // setup brings the volume to the point where backups can start, with

@@ -14,6 +14,17 @@
 //	walb-storage  walb-storage -p 127.0.0.1:PORT -b DIR -l LOG -id s0
 //	                           -archive A0 -proxy P0 -devhost SOCK ...
 //
+// The duplicated layout (dupcluster_test.go) runs several of each: every
+// storage host has its own walb-dev and WalB device (the tests write the
+// same data to every device, so the replicas stay equal), the storages
+// get -proxy P0,P1 (priority order) and -archive A0 (the primary), and
+// a1 is a secondary archive. The group's operations (go-standby,
+// hash-backup, replicate-once, synchronize, stop-synchronizing,
+// is-synchronizing, is-overflow) run with walbc's group mode:
+//
+//	walbc -storage s0=H:P,s1=H:P -proxy p0=H:P,p1=H:P -archive a0=H:P,a1=H:P \
+//	    hash-backup s1 vol0 -bulk 64k
+//
 // The WalB device lives on two sparse files (log and data device),
 // formatted with wdevc format-ldev and registered with wdevc create-wdev
 // (its checkpoint interval set to 200 ms with wdevc after every start of
@@ -39,6 +50,43 @@
 //	                   clear error, the server still serves, nothing changed
 //	TestFullBackupAfterDeviceDaemonRestart
 //	                   the first full-bkp after walb-dev restarts works
+//	TestDuplicatedLayout
+//	                   s0, s1, p0, p1, a0, a1: full backup from s0, target
+//	                   moved to s1 (go_standby s0, hash_backup s1), p0
+//	                   SIGKILLed (logs go through p1, back to p0 when it
+//	                   returns), replicate a0 -> a1 once, synchronizing
+//	                   mode and its end; every snapshot restores bit-exact
+//	                   on both archives (§10 n1-n3, n7, n10, n12, e1)
+//	TestOverflowRecovery
+//	                   a 4 MiB log overflows while both proxies are down:
+//	                   is-overflow 1, Stopped, snapshot refused with a clear
+//	                   error; reset-vol + hash-bkp recover; snapshots before
+//	                   and after restore bit-exact (§10 e4, e10)
+//	TestReplicationLinkCut
+//	                   a1 in a network namespace; its link cut during a
+//	                   full, a diff and a hash replication, restored, the
+//	                   replication retried: a1's state per §10 e14, e16,
+//	                   e15, every gid it lists restores bit-exact
+//	TestHashBackupLinkCut
+//	                   a0 in a network namespace; its link cut during a
+//	                   hash backup under writes: the storage back to
+//	                   SyncReady, a0 Archived with its restorable list
+//	                   unchanged, the retry completes (§10 e13)
+//
+// # Network namespaces
+//
+// The link-cut tests (netns_test.go) make one host of the group a Linux
+// network namespace: ip netns add, a veth pair with a random 10.x.y.z/30
+// (one end moved into the namespace), and the host's servers started
+// with ip netns exec NS BINARY ... listening on the inner address. The
+// link is cut with ip link set VETH down and restored with up; while an
+// operation is to be cut the link is rate limited with tc's tbf (netem is
+// not needed), so that the cut falls in its middle, and the servers run
+// with -to 3 so that a hung connection fails in seconds. Each namespace
+// is named walb-e2e-PID-RANDOM-N and is deleted when its test ends, after
+// the processes still in it are killed. These tests need root and
+// iproute2 (ip, tc): without them they are skipped, or fail when CI is
+// set.
 //
 // # Running
 //

@@ -27,21 +27,37 @@ const maxWriteLen = 256 << 10
 // -discard zero, so they restore as the zeros the device reads).
 // Offsets and lengths are multiples of 512 bytes.
 func (c *cluster) burstArgs(rng *rand.Rand, n int) []string {
-	args := []string{"-f", "raw", c.nbdURI()}
+	return qemuIOArgs(c.nbdURI(), burstOps(rng, c.devSize, c.patterns, n))
+}
+
+// burstOps returns n random qemu-io operations (each a -c argument) on a
+// device of devSize bytes, writing random data from the patterns files.
+func burstOps(rng *rand.Rand, devSize int64, patterns []string, n int) []string {
+	var ops []string
 	for i := 0; i < n; i++ {
 		length := (1 + rng.Int64N(maxWriteLen/512)) * 512
-		off := rng.Int64N((c.devSize-length)/512+1) * 512
+		off := rng.Int64N((devSize-length)/512+1) * 512
 		var op string
 		switch r := rng.IntN(100); {
 		case r < 60:
 			op = fmt.Sprintf("write -q -P 0x%02x %d %d", rng.IntN(256), off, length)
 		case r < 85:
-			op = fmt.Sprintf("write -q -s %s %d %d", c.patterns[rng.IntN(len(c.patterns))], off, length)
+			op = fmt.Sprintf("write -q -s %s %d %d", patterns[rng.IntN(len(patterns))], off, length)
 		case r < 95:
 			op = fmt.Sprintf("write -q -z %d %d", off, length)
 		default:
 			op = fmt.Sprintf("discard -q %d %d", off, length)
 		}
+		ops = append(ops, op)
+	}
+	return ops
+}
+
+// qemuIOArgs is the qemu-io command line running ops on the NBD export
+// uri, ended by a flush.
+func qemuIOArgs(uri string, ops []string) []string {
+	args := []string{"-f", "raw", uri}
+	for _, op := range ops {
 		args = append(args, "-c", op)
 	}
 	return append(args, "-c", "flush")
@@ -51,7 +67,13 @@ func (c *cluster) burstArgs(rng *rand.Rand, n int) []string {
 // NBD. qemu-io reports failed operations on its output, so any output is
 // an error.
 func (c *cluster) writeBurst(ctx context.Context, rng *rand.Rand, n int) error {
-	out, err := run(ctx, qemuIOBin, c.burstArgs(rng, n)...)
+	return runQemuIO(ctx, c.burstArgs(rng, n))
+}
+
+// runQemuIO runs qemu-io with args; any output (a failed operation) is an
+// error.
+func runQemuIO(ctx context.Context, args []string) error {
+	out, err := run(ctx, qemuIOBin, args...)
 	if err != nil {
 		return err
 	}
@@ -108,15 +130,20 @@ func (w *writer) finish() error {
 // deviceSHA reads the whole device through its NBD export (after the
 // writers flushed) and returns its sha256.
 func (c *cluster) deviceSHA(ctx context.Context) (string, error) {
-	cl, err := nbd.Dial(ctx, "tcp", c.nbdAddr, nbd.ClientOptions{Export: volume})
+	return nbdSHA(ctx, c.nbdAddr, volume, c.devSize)
+}
+
+// nbdSHA reads the whole export of size bytes and returns its sha256.
+func nbdSHA(ctx context.Context, addr, export string, size int64) (string, error) {
+	cl, err := nbd.Dial(ctx, "tcp", addr, nbd.ClientOptions{Export: export})
 	if err != nil {
 		return "", err
 	}
 	defer cl.Close()
-	if cl.Size() != c.devSize {
-		return "", fmt.Errorf("device export is %d bytes, want %d", cl.Size(), c.devSize)
+	if cl.Size() != size {
+		return "", fmt.Errorf("device export %s is %d bytes, want %d", export, cl.Size(), size)
 	}
-	return shaOf(io.NewSectionReader(cl, 0, c.devSize))
+	return shaOf(io.NewSectionReader(cl, 0, size))
 }
 
 // fileSHA hashes the first size bytes of a file, which must have them.
