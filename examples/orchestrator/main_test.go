@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +100,61 @@ func TestBadFlags(t *testing.T) {
 		_, err := run(ctx, args, io.Discard)
 		require.Error(t, err, "%q", args)
 	}
+}
+
+// TestBadReplFlags checks that a wrong replication flag is refused with a
+// message naming it, before any server is contacted (nothing listens at
+// the addresses).
+func TestBadReplFlags(t *testing.T) {
+	ctx := context.Background()
+	layout := []string{"-storage", "s0=127.0.0.1:1", "-proxy", "p0=127.0.0.1:1",
+		"-archive", "a0=127.0.0.1:1", "-archive", "a1=127.0.0.1:2", "-archive", "a2=127.0.0.1:3"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-repl", "a9"}, "-repl a9: no such archive (the -archive list is a0, a1, a2)"},
+		{[]string{"-repl", "a0"}, "-repl a0: that is the primary archive"},
+		{[]string{"-repl", "a1", "-repl", "a1:5m"}, "-repl a1: given twice"},
+		{[]string{"-repl", "a1:0s"}, "the interval must be a positive duration"},
+		{[]string{"-repl", "a1:soon"}, "the interval must be a positive duration"},
+		{[]string{"-repl", ":1s"}, "want NAME[:INTERVAL]"},
+		{[]string{"-repl", "a1", "-repl-interval", "0"}, "-repl-interval must be > 0"},
+		{[]string{"-repl", "a1", "-max-repl", "0"}, "-max-repl >= 1"},
+		{[]string{"-repl", "a1", "-repl-cmpr", "rar"}, "-repl-cmpr"},
+		{[]string{"-repl", "a1", "-repl-cmpr", "zstd:99"}, "level 99"},
+		{[]string{"-repl", "a1", "-repl-bulk", "0"}, "-repl-bulk"},
+		{[]string{"-repl", "a1", "-repl-max-merge", "1q"}, "-repl-max-merge"},
+	} {
+		_, err := run(ctx, append(slices.Clone(layout), tc.args...), io.Discard)
+		require.ErrorContains(t, err, tc.want, "%q", tc.args)
+	}
+}
+
+func TestReplOptions(t *testing.T) {
+	opt, err := replOptions(map[string]bool{}, "zstd:3", "2m", "128k")
+	require.NoError(t, err)
+	require.Nil(t, opt, "no flag given: the source archive's defaults")
+
+	opt, err = replOptions(map[string]bool{"repl-bulk": true}, "zstd:3", "2m", "128k")
+	require.NoError(t, err)
+	require.Equal(t, []string{"snappy:0:1", "1G", "128K"}, opt.Sync.ReplicateArgs())
+
+	opt, err = replOptions(map[string]bool{"repl-cmpr": true, "repl-max-merge": true, "repl-bulk": true}, "zstd:3", "2m", "128k")
+	require.NoError(t, err)
+	require.Equal(t, []string{"zstd:3:1", "2M", "128K"}, opt.Sync.ReplicateArgs())
+	require.Zero(t, opt.Gid, "replicate up to the newest snapshot")
+}
+
+func TestResolveRepl(t *testing.T) {
+	as := []controller.Server{{Name: "a0", Addr: "h:1"}, {Name: "a1", Addr: "h:2"}, {Name: "a2", Addr: "h:3"}}
+	var l replList
+	require.NoError(t, l.Set("a2:90s"))
+	require.NoError(t, l.Set("a1"))
+	require.Equal(t, "a2:1m30s,a1", l.String())
+	ts, err := resolveRepl(l, as, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, []replTarget{{ax: as[2], every: 90 * time.Second}, {ax: as[1], every: time.Hour}}, ts)
 }
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test at once.
@@ -207,4 +263,161 @@ func sum(t *testing.T, r io.ReaderAt, size int64) [32]byte {
 	_, err := io.Copy(h, io.NewSectionReader(r, 0, size))
 	require.NoError(t, err)
 	return [32]byte(h.Sum(nil))
+}
+
+// writeRandom fills n random 4 KiB blocks of the device.
+func writeRandom(t *testing.T, v *group.Volume, rng *rand.Rand, n int) {
+	buf := make([]byte, 4<<10)
+	for range n {
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+		_, err := v.Device().WriteAt(buf, rng.Int64N(v.Size()/int64(len(buf)))*int64(len(buf)))
+		require.NoError(t, err)
+	}
+}
+
+// TestReplication runs the orchestrator against a group of two archives:
+// its first run copies the volume to a1 (full replication), a run after
+// new snapshots sends only the diffs, and a run with nothing new does
+// nothing. After each replication a1 restores the primary's newest
+// snapshot bit for bit.
+func TestReplication(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a backup group")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := group.Start(ctx, group.Config{Archives: 2})
+	require.NoError(t, err)
+	defer g.Close(ctx)
+	const size = 4 << 20
+	v, err := g.AddVolume(ctx, "vol0", group.VolumeOptions{Size: size})
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(2, 2))
+	writeRandom(t, v, rng, 64)
+	_, err = v.FullBackup(ctx)
+	require.NoError(t, err)
+	writeRandom(t, v, rng, 32)
+	_, err = v.Snapshot(ctx)
+	require.NoError(t, err)
+	writeRandom(t, v, rng, 32)
+	gid1, err := v.Snapshot(ctx)
+	require.NoError(t, err)
+	want1 := sum(t, v.Device(), size) // no write after the snapshot
+
+	ctl, a1 := g.Controller(), g.Layout().Archives[1]
+	var args []string
+	for _, s := range g.Layout().All() {
+		args = append(args, "-"+s.Kind.String(), s.Name+"="+s.Addr)
+	}
+	// Only replications: no snapshot, apply or merge of its own.
+	args = append(args, "-once", "-snapshot", "0", "-keep", "0", "-max-diffs", "0", "-poll", "20ms",
+		"-repl", "a1:1s", "-repl-cmpr", "zstd:1", "-v")
+	var out syncBuffer
+	runOnce := func(replications int) {
+		t.Helper()
+		st, err := run(ctx, args, &out)
+		require.NoError(t, err, out.String())
+		require.Zero(t, st.Failures, out.String())
+		require.Equal(t, replications, st.Replications, out.String())
+	}
+	restoreOn := func(gid uint64) [32]byte {
+		t.Helper()
+		img, err := ctl.Restore(ctx, a1, "vol0", gid)
+		require.NoError(t, err)
+		defer func() { require.NoError(t, ctl.DelRestored(ctx, a1, "vol0", gid)) }()
+		return sum(t, openFile(t, img.Path), size)
+	}
+
+	runOnce(1)
+	gids, err := ctl.GetRestorableGids(ctx, a1, "vol0", false)
+	require.NoError(t, err)
+	require.Equal(t, gid1, gids[len(gids)-1], "a1 has the primary's newest snapshot")
+	require.Equal(t, want1, restoreOn(gid1))
+	base1, err := ctl.GetBase(ctx, a1, "vol0")
+	require.NoError(t, err)
+
+	writeRandom(t, v, rng, 32)
+	_, err = v.Snapshot(ctx)
+	require.NoError(t, err)
+	writeRandom(t, v, rng, 32)
+	gid2, err := v.Snapshot(ctx)
+	require.NoError(t, err)
+	want2 := sum(t, v.Device(), size)
+	require.NotEqual(t, want1, want2)
+
+	runOnce(1)
+	gids, err = ctl.GetRestorableGids(ctx, a1, "vol0", false)
+	require.NoError(t, err)
+	require.Equal(t, gid2, gids[len(gids)-1], "a1 has the primary's newest snapshot")
+	require.Contains(t, gids, gid1, "a diff replication keeps the older snapshots")
+	base2, err := ctl.GetBase(ctx, a1, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, base1, base2, "a diff replication leaves the replica's base alone")
+	require.Equal(t, want2, restoreOn(gid2))
+	require.Equal(t, want1, restoreOn(gid1))
+
+	runOnce(0) // a1 is up to date
+	require.Contains(t, out.String(), "replica up to date")
+	t.Log(out.String())
+	require.NoError(t, g.Close(ctx))
+}
+
+// TestReplicationSlots checks the bound on running replications: with
+// -max-repl 1 one round replicates one of two due volumes and leaves the
+// other for later; with -max-repl 2 both go at once.
+func TestReplicationSlots(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a backup group")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := group.Start(ctx, group.Config{Archives: 2})
+	require.NoError(t, err)
+	defer g.Close(ctx)
+	rng := rand.New(rand.NewPCG(3, 3))
+	var vols []*group.Volume
+	for _, name := range []string{"vol0", "vol1"} {
+		v, err := g.AddVolume(ctx, name, group.VolumeOptions{Size: 2 << 20})
+		require.NoError(t, err)
+		_, err = v.FullBackup(ctx)
+		require.NoError(t, err)
+		vols = append(vols, v)
+	}
+	snapAll := func() {
+		for _, v := range vols {
+			writeRandom(t, v, rng, 8)
+			_, err := v.Snapshot(ctx)
+			require.NoError(t, err)
+		}
+	}
+	snapAll()
+	var args []string
+	for _, s := range g.Layout().All() {
+		args = append(args, "-"+s.Kind.String(), s.Name+"="+s.Addr)
+	}
+	args = append(args, "-once", "-snapshot", "0", "-keep", "0", "-max-diffs", "0", "-poll", "20ms", "-repl", "a1")
+	var out syncBuffer
+	replicated := func(extra ...string) int {
+		t.Helper()
+		st, err := run(ctx, append(slices.Clone(args), extra...), &out)
+		require.NoError(t, err, out.String())
+		require.Zero(t, st.Failures, out.String())
+		return st.Replications
+	}
+	require.Equal(t, 1, replicated("-max-repl", "1"), out.String())
+	require.Equal(t, 1, replicated("-max-repl", "1"), "the other volume: %s", out.String())
+	require.Equal(t, 0, replicated("-max-repl", "1"), out.String())
+	snapAll()
+	require.Equal(t, 2, replicated("-max-repl", "2"), out.String())
+
+	for _, v := range vols {
+		want, err := g.Controller().GetLatestClean(ctx, g.Primary(), v.Name())
+		require.NoError(t, err)
+		got, err := g.Controller().GetLatestClean(ctx, g.Layout().Archives[1], v.Name())
+		require.NoError(t, err)
+		require.Equal(t, want, got, v.Name())
+	}
+	require.NoError(t, g.Close(ctx))
 }
