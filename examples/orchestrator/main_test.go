@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -418,6 +419,114 @@ func TestReplicationSlots(t *testing.T) {
 		got, err := g.Controller().GetLatestClean(ctx, g.Layout().Archives[1], v.Name())
 		require.NoError(t, err)
 		require.Equal(t, want, got, v.Name())
+	}
+	require.NoError(t, g.Close(ctx))
+}
+
+// TestFinishInterruptedApply checks walb-worker's first rule
+// (system.md §8.3): a base the archive left applying <|B|-->|E|>, with no
+// apply running, is applied up to E by the next round, whatever the
+// policy (here one that would apply nothing). The base file is rewritten
+// as an archive killed mid-apply leaves it; the volume is stopped on the
+// archive first, because at start the archive finishes the applies of
+// its active volumes by itself (ResumeApplies) but not of stopped ones,
+// which are left to the next apply once started.
+func TestFinishInterruptedApply(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a backup group")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	g, err := group.Start(ctx, group.Config{Dir: dir})
+	require.NoError(t, err)
+	const size = 4 << 20
+	v, err := g.AddVolume(ctx, "vol0", group.VolumeOptions{Size: size})
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(4, 4))
+	writeRandom(t, v, rng, 64)
+	_, err = v.FullBackup(ctx)
+	require.NoError(t, err)
+	var gids []uint64
+	var sums [][32]byte // the device at each of gids
+	for range 3 {
+		writeRandom(t, v, rng, 32)
+		gid, err := v.Snapshot(ctx)
+		require.NoError(t, err)
+		gids = append(gids, gid)
+		sums = append(sums, sum(t, v.Device(), size)) // no write after the snapshot
+	}
+	ctl, a0 := g.Controller(), g.Primary()
+	base0, err := ctl.GetBase(ctx, a0, "vol0")
+	require.NoError(t, err)
+	require.False(t, base0.IsApplying)
+	mid := gids[1]
+	// What an apply up to mid persists before writing the base image, and
+	// once it has.
+	applying, err := ctl.GetMetaState(ctx, a0, "vol0", true, mid)
+	require.NoError(t, err)
+	require.True(t, applying.IsApplying)
+	require.Equal(t, base0.SnapB, applying.SnapB)
+	require.Equal(t, mid, applying.SnapE.GidB)
+	end, err := ctl.GetMetaState(ctx, a0, "vol0", false, mid)
+	require.NoError(t, err)
+	require.False(t, end.IsApplying)
+	require.Equal(t, mid, end.SnapB.GidB)
+	require.NoError(t, ctl.Stop(ctx, a0, "vol0", controller.StopGraceful))
+	require.NoError(t, g.Close(ctx))
+
+	// The base image is still at B: applying the chain again from there
+	// is what completes an interrupted in-place apply.
+	require.NoError(t, meta.Save(filepath.Join(dir, a0.Name, "vol0", "base"), applying))
+	g, err = group.Start(ctx, group.Config{Dir: dir})
+	require.NoError(t, err)
+	defer g.Close(ctx)
+	ctl = g.Controller()
+	v, err = g.Volume("vol0")
+	require.NoError(t, err)
+	// A stopped volume answers no get base.
+	require.NoError(t, ctl.Start(ctx, a0, "vol0"))
+	got, err := ctl.GetBase(ctx, a0, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, applying, got, "the base is loaded applying; start leaves the apply to finish")
+	n, err := ctl.GetNumAction(ctx, a0, "vol0", controller.ActionApply)
+	require.NoError(t, err)
+	require.Zero(t, n)
+
+	var args []string
+	for _, s := range g.Layout().All() {
+		args = append(args, "-"+s.Kind.String(), s.Name+"="+s.Addr)
+	}
+	// Nothing else to do: no snapshot, every snapshot younger than -keep,
+	// no merge.
+	args = append(args, "-once", "-snapshot", "0", "-keep", "24h", "-max-diffs", "0", "-poll", "20ms")
+	var out syncBuffer
+	st, err := run(ctx, args, &out)
+	require.NoError(t, err, out.String())
+	require.Zero(t, st.Failures, out.String())
+	require.Equal(t, 1, st.Applies, out.String())
+	require.Contains(t, out.String(), "finishing an interrupted apply")
+	got, err = ctl.GetBase(ctx, a0, "vol0")
+	require.NoError(t, err)
+	require.Equal(t, end, got)
+	rs, err := v.Restorable(ctx)
+	require.NoError(t, err)
+	require.Equal(t, gids[1:], rs, "the base is the oldest restorable snapshot")
+
+	st, err = run(ctx, args, &out)
+	require.NoError(t, err, out.String())
+	require.Zero(t, st.Failures, out.String())
+	require.Zero(t, st.Applies, "a steady base is left alone: %s", out.String())
+
+	newest := gids[len(gids)-1]
+	require.Equal(t, sums[len(sums)-1], sum(t, v.Device(), size))
+	for i, gid := range gids[1:] {
+		img, err := v.Restore(ctx, gid)
+		require.NoError(t, err)
+		require.Equal(t, sums[i+1], sum(t, openFile(t, img.Path), size), "gid %d", gid)
+		if gid == newest {
+			require.Equal(t, sum(t, v.Device(), size), sum(t, openFile(t, img.Path), size))
+		}
 	}
 	require.NoError(t, g.Close(ctx))
 }
