@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -446,44 +445,9 @@ func (dc *dupCluster) writeMiB(rng *mrand.Rand, mib int) {
 	}
 }
 
-// dupWriter writes bursts to every replica in the background.
-type dupWriter struct {
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	bursts atomic.Int64
-	err    error
-}
-
-func (dc *dupCluster) startWriter(seed uint64) *dupWriter {
-	w := &dupWriter{stop: make(chan struct{})}
-	rng := mrand.New(mrand.NewPCG(seed, 0x78))
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		for {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			err := dc.writeBurst(ctx, rng, 8)
-			cancel()
-			if err != nil {
-				w.err = err
-				return
-			}
-			w.bursts.Add(1)
-		}
-	}()
-	return w
-}
-
-// finish stops the writer after its current burst.
-func (w *dupWriter) finish() error {
-	close(w.stop)
-	w.wg.Wait()
-	return w.err
+// startWriter writes bursts to every replica in the background.
+func (dc *dupCluster) startWriter(seed uint64) *writer {
+	return startBurstWriter(mrand.New(mrand.NewPCG(seed, 0x78)), dc.writeBurst)
 }
 
 // deviceSHA returns the sha256 of the image every replica holds: they

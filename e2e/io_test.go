@@ -93,8 +93,13 @@ type writer struct {
 
 // startWriter starts bursts of 8 operations, back to back.
 func (c *cluster) startWriter(seed uint64) *writer {
+	return startBurstWriter(rand.New(rand.NewPCG(seed, 0x77)), c.writeBurst)
+}
+
+// startBurstWriter runs burst (8 operations each) back to back on its own
+// goroutine until finish.
+func startBurstWriter(rng *rand.Rand, burst func(context.Context, *rand.Rand, int) error) *writer {
 	w := &writer{stop: make(chan struct{})}
-	rng := rand.New(rand.NewPCG(seed, 0x77))
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -105,7 +110,7 @@ func (c *cluster) startWriter(seed uint64) *writer {
 			default:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			err := c.writeBurst(ctx, rng, 8)
+			err := burst(ctx, rng, 8)
 			cancel()
 			if err != nil {
 				w.err = err
