@@ -32,7 +32,8 @@
 //	BASE/VOL/*.wdiff           sorted wdiffs named by meta.FileName
 //	BASE/VOL/full_repl_state   resume point of a full replication
 //	                           (FullReplState), while one is unfinished
-//	BASE/VOL/tmpXXXXXX         a wdiff or metadata file being written
+//	BASE/VOL/tmpXXXXXX         a wdiff or metadata file being written, or
+//	                           the merged diffs of a virtual image (overlay)
 //	BASE/.init-VOL-*           a volume directory being created
 //	BASE/.clear-VOL-*          a volume directory being deleted
 //	image wb_VOL               the base image
@@ -115,14 +116,17 @@
 // a crash between the rename and the uuid leaves the diff under the old
 // uuid, and the storage, which got no ACK, reruns the backup from it.
 //
-// Virtual images (virtual.go; system.md §5.5 virtual full scan): the image
-// at a snapshot, clean or dirty, that hash backup, bhash and replication
-// read. The base is cloned to a temporary image (reflink where the store
-// can), the diffs that reach the snapshot are applied to the clone, and
-// the clone is removed on Close; the base is never written, and once the
-// clone is made applies and merges may run. Without diffs on a store that
-// cannot reflink the base is read in place, holding off base writers
-// until Close.
+// Virtual images (virtual.go, overlay.go; system.md §5.5 virtual full
+// scan): the image at a snapshot, clean or dirty, that hash backup, bhash
+// and replication read; the base is never written. Where the store can
+// reflink, the base is cloned to a temporary image, the diffs that reach
+// the snapshot are applied to the clone, and the clone is removed on
+// Close; applies and merges may run meanwhile. Where it cannot, nothing is
+// copied: the base is read in place and the diffs' records are laid over
+// each read (an overlay; the diffs of each apply pass merged into one
+// temporary sorted wdiff in the volume directory, removed on Close, as
+// apply and restore would write them under the discard mode), holding off
+// base writers (apply, resize) until Close.
 //
 // Replication (replicate.go, replclient.go, replserver.go, replhash.go;
 // system.md §5.6, ProtoReplSync): `replicate` runs on the source as the

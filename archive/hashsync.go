@@ -237,8 +237,8 @@ func (h *HashSyncClient) Close() error {
 
 // BlockHash computes bhash over the image of vol at the clean snapshot
 // |gid| (system.md §5.5): the image is virtual (the base with the restore
-// list applied to a temporary clone; see openVirtual), so gid need not be
-// restored. The volume must be active or Stopped, with no Apply, Merge or
+// list applied, in a reflink clone or as an overlay read on the fly; see
+// openVirtual), so gid need not be restored. The volume must be active or Stopped, with no Apply, Merge or
 // Resize running when it starts. emit gets each hash as hashsync.BHash
 // gives it.
 func (e *Engine) BlockHash(ctx context.Context, vol string, gid uint64, opt hashsync.BHashOptions,

@@ -18,20 +18,26 @@ import (
 // image at the archive's latest snapshot, bhash hashes the image at a gid,
 // and replication scans the image a peer lacks.
 //
-// walb-tools merges the diffs into the base on the fly while it reads. We
-// clone the base (a reflink where the store can, otherwise a sparse copy)
-// to a temporary image, apply the diffs to the clone with the apply code,
-// and read the clone: the base is never written, and once the clone is
-// made the view no longer depends on the base or the diffs, so applies,
-// merges and resizes may run meanwhile. When no diff is needed and the
-// store cannot reflink, copying the whole base would cost its size in I/O
-// and space for nothing: the base is read in place instead, holding
-// baseMu shared until Close, which makes an in-place apply, the commit of
-// a cloned apply and a resize wait (the way they wait for a restore's
-// clone).
+// Where the store can reflink, the base is cloned to a temporary image
+// (free), the diffs are applied to the clone with the apply code, and the
+// clone is read: once it is made the view no longer depends on the base or
+// the diffs, so applies, merges and resizes may run meanwhile.
+//
+// Where it cannot, a clone would copy the whole base first (1 TiB of I/O
+// and space before a hash backup of a 1 TiB volume could start). The base
+// is read in place instead, as walb-tools does: with no diff needed it is
+// the image; otherwise the image is an overlay (overlay.go) that reads the
+// base and lays the diffs' records over each read, the diffs of each apply
+// pass merged into one temporary sorted wdiff in the volume directory (or
+// a single sorted diff read directly). Either way baseMu is held shared
+// until Close, which makes an in-place apply, the commit of a cloned apply
+// and a resize wait (the way they wait for a restore's clone); merges and
+// the removal of diffs may still run, since the overlay reads its merged
+// copy, or a diff it keeps pinned.
 
 // virtualImage is a read-only image of a volume at a snapshot. Close
-// releases it: the temporary clone is removed, or the base released.
+// releases it: the temporary clone is removed, or the base released and an
+// overlay's temporary files removed.
 type virtualImage struct {
 	r    io.ReaderAt
 	size int64
@@ -87,14 +93,27 @@ func (e *Engine) openVirtual(ctx context.Context, v *volume, diffs []meta.Diff) 
 	}
 	defer v.unpin(diffs)
 	store := e.cfg.Images
-	if len(diffs) == 0 && !e.cloneVirtual() {
+	if !e.cloneVirtual() {
 		img, err := store.Open(ctx, baseImageName(v.name), imagestore.ReadOnly)
 		if err != nil {
 			return nil, errors.Wrapf(err, "archive: volume %s: open the base", v.name)
 		}
+		if len(diffs) == 0 {
+			locked = false // released by Close
+			return &virtualImage{r: img, size: img.Size(), release: func() error {
+				err := img.Close()
+				v.baseMu.RUnlock()
+				return err
+			}}, nil
+		}
+		ov, err := e.openOverlay(ctx, v, img, diffs)
+		if err != nil {
+			_ = img.Close()
+			return nil, err
+		}
 		locked = false // released by Close
-		return &virtualImage{r: img, size: img.Size(), release: func() error {
-			err := img.Close()
+		return &virtualImage{r: ov, size: ov.size, release: func() error {
+			err := ov.close(v)
 			v.baseMu.RUnlock()
 			return err
 		}}, nil
@@ -118,8 +137,8 @@ func (e *Engine) openVirtual(ctx context.Context, v *volume, diffs []meta.Diff) 
 	}}, nil
 }
 
-// cloneVirtual reports whether a virtual image without diffs is a clone
-// rather than the base read in place.
+// cloneVirtual reports whether a virtual image is a clone rather than the
+// base read in place (alone or under an overlay).
 func (e *Engine) cloneVirtual() bool {
 	return e.cfg.Images.Capabilities().Reflink
 }

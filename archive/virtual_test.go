@@ -37,6 +37,11 @@ func withReflink(reflink bool) func(*Config) {
 	}
 }
 
+// setReflink changes the reflink capability an open engine sees.
+func setReflink(env *testEnv, reflink bool) {
+	withReflink(reflink)(&env.e.cfg)
+}
+
 // readVirtual reads a whole virtual image.
 func readVirtual(t *testing.T, vi *virtualImage) []byte {
 	t.Helper()
@@ -148,14 +153,15 @@ func TestVirtualImageDirty(t *testing.T) {
 	require.Empty(t, tempImages(t, env))
 }
 
-// TestVirtualImageIsolation: a cloned virtual image does not change when
-// the base is applied (in place or by clone) or the diffs are merged
-// while it is open; a base read in place holds off writers until Close.
+// TestVirtualImageIsolation: a cloned virtual image (reflink store) does
+// not change when the base is applied (in place or by clone) or the diffs
+// are merged while it is open; a base read in place (no reflink) holds off
+// writers until Close (TestOverlayApplyWaits does the same with diffs).
 func TestVirtualImageIsolation(t *testing.T) {
 	for _, mode := range []ApplyMode{ApplyInPlace, ApplyClone} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			env := newEnv(t, func(c *Config) { withReflink(false)(c); c.Apply = mode })
+			env := newEnv(t, func(c *Config) { withReflink(true)(c); c.Apply = mode })
 			ctx := testCtx(t)
 			const vol = "vi"
 			m := virtualVol(t, env, vol, 6)
@@ -182,6 +188,7 @@ func TestVirtualImageIsolation(t *testing.T) {
 
 			// No diff and no reflink: the base is read in place, under
 			// baseMu shared until Close.
+			setReflink(env, false)
 			vi, err = env.e.openVirtualGid(ctx, v, 5)
 			require.NoError(t, err)
 			require.Empty(t, tempImages(t, env), "not a clone")
