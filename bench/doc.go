@@ -78,7 +78,8 @@
 // archive, counted by a TCP relay between them, against the bytes changed
 // (goal <= 1.05x, the hashes the archive sends back given apart). Finally
 // replicate-once a0 -> a1 (a full replication of the base plus the diffs)
-// against full-bkp. WALB_BENCH_LOG=1 prints the servers' logs,
+// against full-bkp. -plainfs keeps the images in the work directory (no
+// reflink: virtual images are overlays). WALB_BENCH_LOG=1 prints the servers' logs,
 // WALB_BENCH_HASHPROF=FILE writes a CPU profile of the hash backup.
 //
 // # Method

@@ -62,6 +62,7 @@ type config struct {
 	ldevSize int64        // log device of the device and nbd suites
 	nbdSize  int64        // bytes copied by every nbd suite run
 	hashSize int64        // device size of the hashbkp suite
+	plainFS  bool         // hashbkp: archive images in the work directory, not on XFS
 	sweep    []devOptions // device options tried besides the defaults
 }
 
@@ -76,6 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	ldev := fs.String("ldev", "1G", "log device size of the device and nbd suites")
 	nbdSize := fs.String("nbdsize", "1G", "data copied by every run of the nbd suite (and its export size)")
 	hashSize := fs.String("hashsize", "2G", "device size of the hashbkp suite (hash-bkp and replicate)")
+	fs.BoolVar(&cfg.plainFS, "plainfs", false, "hashbkp: keep the archives' images in the work directory (no loop-mounted XFS, so no reflink)")
 	sweep := fs.String("devsweep", defaultSweep, "device options to try besides the defaults: space-separated sets of comma-separated "+
 		devOptionsUsage+" (\"none\": no sweep)")
 	suites := fs.String("suites", strings.Join(allSuites, ","), "comma-separated suites to run: "+strings.Join(allSuites, ", "))
