@@ -1,11 +1,14 @@
 // Package demo runs the SDK's demonstration, the front end of
 // cmd/walb-demo: it starts the embedded default backup group (package
-// group: a WalB device, a storage, a proxy and an archive in this process,
-// on loopback ports, in a temporary directory), writes to the device in
-// random bursts, takes a full backup while the device is being written,
-// snapshots it between bursts, restores every snapshot at the archive and
-// checks it against the device's sha256 at that snapshot, applies the
-// older diffs to the archive's base, and restores and checks again.
+// group: a WalB device, a storage, a proxy and two archives in this
+// process, on loopback ports, in a temporary directory), writes to the
+// device in random bursts, takes a full backup while the device is being
+// written, snapshots it between bursts, restores every snapshot at the
+// primary archive and checks it against the device's sha256 at that
+// snapshot, applies the older diffs to the archive's base, and restores and
+// checks again. Then the storage goes standby, the device is written (the
+// log is dropped), a hash backup brings the archive up to date, and the
+// volume is replicated to the second archive; both restore the same image.
 // Every step is printed with its gid, lsids, sizes and time.
 package demo
 
@@ -101,7 +104,8 @@ func Run(ctx context.Context, out io.Writer, opt Options) (err error) {
 	d.say("walb-demo: a WalB backup group embedded in this process")
 
 	t := time.Now()
-	g, err := group.Start(ctx, group.Config{Dir: opt.Dir, Logger: opt.Logger})
+	// Two archives: a0, the primary, takes the backups; a1 gets a replica.
+	g, err := group.Start(ctx, group.Config{Dir: opt.Dir, Logger: opt.Logger, Archives: 2})
 	if err != nil {
 		return errors.WithMessage(err, "demo: start the group")
 	}
@@ -232,7 +236,7 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	for _, s := range snaps {
-		if err := d.restore(ctx, s); err != nil {
+		if err := d.restore(ctx, d.g.Primary(), s); err != nil {
 			return err
 		}
 	}
@@ -251,13 +255,55 @@ func (d *demo) run(ctx context.Context) error {
 	verified := len(snaps)
 	for _, s := range snaps {
 		if s.gid >= applied.gid {
-			if err := d.restore(ctx, s); err != nil {
+			if err := d.restore(ctx, d.g.Primary(), s); err != nil {
 				return err
 			}
 			verified++
 		}
 	}
-	d.say("OK: %d restores of %d snapshots matched the device bit for bit (%v in all)", verified, len(snaps), since(d.start))
+
+	// Standby: the storage stops sending and drops the log, as when a
+	// replica takes over or the log overflowed. The writes made meanwhile
+	// reach the archive by hash backup: only the chunks that differ travel.
+	t = time.Now()
+	if err := d.v.GoStandby(ctx); err != nil {
+		return errors.WithMessage(err, "demo: go standby")
+	}
+	if err := d.burst("burst while standby (its log is dropped)", dev); err != nil {
+		return err
+	}
+	gid, err := d.v.HashBackup(ctx)
+	if err != nil {
+		return errors.WithMessage(err, "demo: hash backup")
+	}
+	sum, err := deviceSum(dev)
+	if err != nil {
+		return err
+	}
+	hashed := snap{gid, sum}
+	d.say("standby, then hash backup to %s: restorable at gid %d (%v)", d.g.Primary().Name, gid, since(t))
+	if err := d.restore(ctx, d.g.Primary(), hashed); err != nil {
+		return err
+	}
+	verified++
+
+	// Replication: a1 gets the volume from a0 (a full replication the
+	// first time), and restores the same images.
+	a1 := d.g.Layout().Archives[1]
+	t = time.Now()
+	rgid, err := d.v.ReplicateTo(ctx, a1)
+	if err != nil {
+		return errors.WithMessagef(err, "demo: replicate to %s", a1.Name)
+	}
+	d.say("replicated %s -> %s up to gid %d (%v)", d.g.Primary().Name, a1.Name, rgid, since(t))
+	if rgid != hashed.gid {
+		return errors.Wrapf(ErrMismatch, "replicated up to gid %d, want %d", rgid, hashed.gid)
+	}
+	if err := d.restore(ctx, a1, hashed); err != nil {
+		return err
+	}
+	verified++
+	d.say("OK: %d restores of %d snapshots matched the device bit for bit (%v in all)", verified, len(snaps)+1, since(d.start))
 	return nil
 }
 
@@ -339,9 +385,9 @@ func (w *writer) stop() (int, int64, error) {
 
 // restore restores s at the primary archive, compares the image with the
 // device's sum at the snapshot, and deletes it.
-func (d *demo) restore(ctx context.Context, s snap) error {
+func (d *demo) restore(ctx context.Context, ax controller.Server, s snap) error {
 	t := time.Now()
-	img, err := d.v.Restore(ctx, s.gid)
+	img, err := d.ctl.Restore(ctx, ax, volName, s.gid)
 	if err != nil {
 		return errors.WithMessagef(err, "demo: restore gid %d", s.gid)
 	}
@@ -359,11 +405,11 @@ func (d *demo) restore(ctx context.Context, s snap) error {
 		return errors.Wrapf(ErrMismatch, "gid %d: restored sha256 %x, device %x", s.gid, sum, s.sum)
 	}
 	where := img.Path
-	if uri := d.g.RestoredURI(d.g.Primary(), img); uri != "" {
+	if uri := d.g.RestoredURI(ax, img); uri != "" {
 		where += ", " + uri
 	}
-	d.say("restored gid %d (%v): %s image, sha256 %x... matches snapshot (%s)", s.gid, took, mib(d.v.Size()), sum[:8], where)
-	if err := d.ctl.DelRestored(ctx, d.g.Primary(), volName, s.gid); err != nil {
+	d.say("restored gid %d on %s (%v): %s image, sha256 %x... matches snapshot (%s)", s.gid, ax.Name, took, mib(d.v.Size()), sum[:8], where)
+	if err := d.ctl.DelRestored(ctx, ax, volName, s.gid); err != nil {
 		return errors.WithMessagef(err, "demo: delete restored gid %d", s.gid)
 	}
 	return nil

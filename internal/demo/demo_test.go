@@ -25,12 +25,16 @@ func TestDemoSmall(t *testing.T) {
 	s := out.String()
 	t.Log("\n" + s)
 	// Three snapshots restored; after the apply up to the first, all three
-	// again (the first is the base now).
-	require.Len(t, regexp.MustCompile(`(?m)restored gid \d+ .* matches snapshot`).FindAllString(s, -1), 6)
+	// again (the first is the base now); the hash backup's snapshot on a0,
+	// and on a1 after the replication.
+	require.Len(t, regexp.MustCompile(`(?m)restored gid \d+ .* matches snapshot`).FindAllString(s, -1), 8)
 	require.Contains(t, s, "burst 2 through NBD")
 	require.Regexp(t, `full backup to a0 while writing \(\d+ writes`, s)
 	require.Regexp(t, `applied the diffs up to gid \d+`, s)
-	require.Contains(t, s, "OK: 6 restores of 3 snapshots matched")
+	require.Regexp(t, `standby, then hash backup to a0: restorable at gid \d+`, s)
+	require.Regexp(t, `replicated a0 -> a1 up to gid \d+`, s)
+	require.Regexp(t, `restored gid \d+ on a1 `, s)
+	require.Contains(t, s, "OK: 8 restores of 4 snapshots matched")
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	require.Regexp(t, `closed the group: .* temporary directory removed`, lines[len(lines)-1], "the group is closed last")
 }
