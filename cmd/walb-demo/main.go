@@ -1,11 +1,13 @@
 // Command walb-demo runs the SDK's demonstration on the embedded default
-// backup group: a WalB device, a storage, a proxy and an archive start in
-// this process (temporary directory, loopback ports); the device is
+// backup group: a WalB device, a storage, a proxy and two archives start
+// in this process (temporary directory, loopback ports); the device is
 // written in random bursts, backed up in full while being written,
 // snapshotted between bursts; every snapshot is restored at the archive
 // and checked against the device's sha256 at that snapshot; the older
 // diffs are applied to the base and the newer snapshots restored and
-// checked again. It exits 0 when every check passed, 1 with the reason
+// checked again; then the volume goes standby, is written, comes back by
+// hash backup and is replicated to the second archive, both checked by
+// restore. It exits 0 when every check passed, 1 with the reason
 // otherwise.
 //
 // Usage:
