@@ -21,23 +21,17 @@ const StopWait = 60 * time.Second
 
 // StopMode is stop's option: graceful lets running actions finish, force
 // cancels them. walb-tools' "empty" is for proxies only.
-type StopMode int
+type StopMode = server.StopMode
 
 // Stop modes.
 const (
-	StopGraceful StopMode = iota
-	StopForce
+	StopGraceful = server.StopGraceful
+	StopForce    = server.StopForce
 )
 
 // ParseStopMode parses "", "graceful" or "force".
 func ParseStopMode(s string) (StopMode, error) {
-	switch s {
-	case "", "graceful":
-		return StopGraceful, nil
-	case "force":
-		return StopForce, nil
-	}
-	return 0, errorf(ErrBadArgs, "stop mode %q: the archive takes graceful or force", s)
+	return server.ParseStopMode(s, StopGraceful, StopForce)
 }
 
 func randomSuffix() string {

@@ -13,42 +13,22 @@ import (
 	"github.com/walb-go/walb/server"
 )
 
-// StopMode is how stop ends a volume's Started state (system.md §4.6).
-type StopMode int
+// StopMode is how stop ends a volume's Started state (system.md §4.6):
+// graceful waits for running sends and receives to finish, force aborts
+// them, empty refuses new wlogs and keeps sending until every queue is
+// empty.
+type StopMode = server.StopMode
 
 // Stop modes.
 const (
-	// StopGraceful waits for running sends and receives to finish.
-	StopGraceful StopMode = iota
-	// StopForce aborts them.
-	StopForce
-	// StopEmpty refuses new wlogs and keeps sending until every queue is
-	// empty.
-	StopEmpty
+	StopGraceful = server.StopGraceful
+	StopForce    = server.StopForce
+	StopEmpty    = server.StopEmpty
 )
 
 // ParseStopMode parses graceful, force or empty; "" is graceful.
 func ParseStopMode(s string) (StopMode, error) {
-	switch s {
-	case "", "graceful":
-		return StopGraceful, nil
-	case "force":
-		return StopForce, nil
-	case "empty":
-		return StopEmpty, nil
-	}
-	return 0, errors.Wrapf(server.ErrBadArgs, "stop mode %q: want graceful, force or empty", s)
-}
-
-// String returns the mode's name.
-func (m StopMode) String() string {
-	switch m {
-	case StopForce:
-		return "force"
-	case StopEmpty:
-		return "empty"
-	}
-	return "graceful"
+	return server.ParseStopMode(s, StopGraceful, StopForce, StopEmpty)
 }
 
 func validateNames(vol, archive string) error {

@@ -248,13 +248,9 @@ func (s *Server) stop(ctx context.Context, c *wire.Conn, args []string) error {
 	if err != nil {
 		return err
 	}
-	force := false
-	switch a[1] {
-	case "", "graceful":
-	case "force":
-		force = true
-	default:
-		return errors.Wrapf(server.ErrBadArgs, "stop: mode %q (a storage takes graceful or force)", a[1])
+	mode, err := server.ParseStopMode(a[1], server.StopGraceful, server.StopForce)
+	if err != nil {
+		return err
 	}
 	if _, err := s.st.volume(a[0]); err != nil {
 		return err
@@ -262,7 +258,7 @@ func (s *Server) stop(ctx context.Context, c *wire.Conn, args []string) error {
 	if err := c.SendAccept(ctx); err != nil {
 		return err
 	}
-	return s.st.StopVol(ctx, a[0], force)
+	return s.st.StopVol(ctx, a[0], mode == server.StopForce)
 }
 
 func (s *Server) snapshot(ctx context.Context, c *wire.Conn, args []string) error {
