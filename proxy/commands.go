@@ -41,6 +41,21 @@ func validateNames(vol, archive string) error {
 	return nil
 }
 
+// beginOn enters the transient state via on an existing volume under g
+// and returns the transaction with the volume; on error nothing is held.
+func (p *Proxy) beginOn(ctx context.Context, vol, via string, g server.Guard) (*server.StateTxn, *volume, error) {
+	tx, err := p.vols.Begin(ctx, vol, via, g)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := p.mustVolume(vol)
+	if err != nil {
+		tx.Rollback()
+		return nil, nil, err
+	}
+	return tx, v, nil
+}
+
 // AddArchiveInfo registers archive for vol (archive-info add), or replaces
 // its info (update). The volume must be Clear or Stopped with no send
 // running; from Clear the volume directory is created. add fails with
@@ -134,15 +149,11 @@ func (p *Proxy) DeleteArchiveInfo(ctx context.Context, vol, archive string) erro
 	if err := ValidateArchiveName(archive); err != nil {
 		return err
 	}
-	tx, err := p.vols.Begin(ctx, vol, StateDeleteArchiveInfo, guardDeleteArchiveInfo)
+	tx, v, err := p.beginOn(ctx, vol, StateDeleteArchiveInfo, guardDeleteArchiveInfo)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := p.mustVolume(vol)
-	if err != nil {
-		return err
-	}
 	last, err := p.deleteArchive(v, archive)
 	if err != nil {
 		return err
@@ -199,15 +210,11 @@ func (p *Proxy) ClearVol(ctx context.Context, vol string) error {
 	if err := validateNames(vol, ""); err != nil {
 		return err
 	}
-	tx, err := p.vols.Begin(ctx, vol, StateClearVol, guardClearVol)
+	tx, v, err := p.beginOn(ctx, vol, StateClearVol, guardClearVol)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := p.mustVolume(vol)
-	if err != nil {
-		return err
-	}
 	if err := p.clearVolume(v); err != nil {
 		return err
 	}
@@ -223,15 +230,11 @@ func (p *Proxy) Start(ctx context.Context, vol string) error {
 	if err := validateNames(vol, ""); err != nil {
 		return err
 	}
-	tx, err := p.vols.Begin(ctx, vol, StateStart, guardStart)
+	tx, v, err := p.beginOn(ctx, vol, StateStart, guardStart)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := p.mustVolume(vol)
-	if err != nil {
-		return err
-	}
 	if err := p.distributeReceived(v); err != nil {
 		return err
 	}
