@@ -287,6 +287,28 @@ func parseGid(s string) (uint64, error) {
 
 // --- storage ---------------------------------------------------------------
 
+// fakeVol is what the fake servers' volume records share: a state.
+type fakeVol interface{ volState() string }
+
+// volStateIn returns vol's state in vols, Clear if it has no record.
+func volStateIn[V fakeVol](vols map[string]V, vol string) string {
+	if v, ok := vols[vol]; ok {
+		return v.volState()
+	}
+	return StateClear
+}
+
+// needVol returns vol's record if its state is one of states, else the
+// wrong-state error server would reply.
+func needVol[V fakeVol](server string, vols map[string]V, vol string, states ...string) (V, error) {
+	st := volStateIn(vols, vol)
+	if !slices.Contains(states, st) {
+		var none V
+		return none, wrongState(server, vol, st)
+	}
+	return vols[vol], nil
+}
+
 type fsVol struct {
 	state    string
 	wdev     string
@@ -300,19 +322,12 @@ type fakeStorage struct {
 	vols map[string]*fsVol
 }
 
-func (s *fakeStorage) state(vol string) string {
-	if v := s.vols[vol]; v != nil {
-		return v.state
-	}
-	return StateClear
-}
+func (v *fsVol) volState() string { return v.state }
+
+func (s *fakeStorage) state(vol string) string { return volStateIn(s.vols, vol) }
 
 func (s *fakeStorage) need(vol string, states ...string) (*fsVol, error) {
-	st := s.state(vol)
-	if !slices.Contains(states, st) {
-		return nil, wrongState(s.name, vol, st)
-	}
-	return s.vols[vol], nil
+	return needVol(s.name, s.vols, vol, states...)
 }
 
 func newFakeStorage(g *fakeGroup, name string) *fakeStorage {
@@ -532,19 +547,12 @@ type fakeProxy struct {
 	vols map[string]*fpVol
 }
 
-func (p *fakeProxy) state(vol string) string {
-	if v := p.vols[vol]; v != nil {
-		return v.state
-	}
-	return StateClear
-}
+func (v *fpVol) volState() string { return v.state }
+
+func (p *fakeProxy) state(vol string) string { return volStateIn(p.vols, vol) }
 
 func (p *fakeProxy) need(vol string, states ...string) (*fpVol, error) {
-	st := p.state(vol)
-	if !slices.Contains(states, st) {
-		return nil, wrongState(p.name, vol, st)
-	}
-	return p.vols[vol], nil
+	return needVol(p.name, p.vols, vol, states...)
 }
 
 func newFakeProxy(g *fakeGroup, name string) *fakeProxy {
@@ -705,19 +713,12 @@ type fakeArchive struct {
 	export bool
 }
 
-func (a *fakeArchive) state(vol string) string {
-	if v := a.vols[vol]; v != nil {
-		return v.state
-	}
-	return StateClear
-}
+func (v *faVol) volState() string { return v.state }
+
+func (a *fakeArchive) state(vol string) string { return volStateIn(a.vols, vol) }
 
 func (a *fakeArchive) need(vol string, states ...string) (*faVol, error) {
-	st := a.state(vol)
-	if !slices.Contains(states, st) {
-		return nil, wrongState(a.name, vol, st)
-	}
-	return a.vols[vol], nil
+	return needVol(a.name, a.vols, vol, states...)
 }
 
 const zeroUUID = "00000000000000000000000000000000"
