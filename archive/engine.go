@@ -156,6 +156,21 @@ func (e *Engine) checkedVolume(vol string, cmd Command) (*volume, error) {
 	return v, nil
 }
 
+// beginOn moves vol into the transient state via under cmd's guard and
+// returns the transaction with the volume; on error nothing is held.
+func (e *Engine) beginOn(ctx context.Context, vol, via string, cmd Command) (*server.StateTxn, *volume, error) {
+	tx, err := e.vols.Begin(ctx, vol, via, guard(cmd))
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := e.volume(vol)
+	if err != nil {
+		tx.Rollback()
+		return nil, nil, err
+	}
+	return tx, v, nil
+}
+
 // State returns vol's state (Clear for an unknown volume).
 func (e *Engine) State(vol string) (string, error) {
 	if err := server.ValidateVolumeName(vol); err != nil {

@@ -67,13 +67,8 @@ func (e *Engine) beginSyncTxn(ctx context.Context, vol, op string, sizeLB uint64
 	if sizeLB == 0 || sizeLB > maxVolumeLB {
 		return syncTxn{}, errorf(ErrBadArgs, "%s %s: size %d LB", op, vol, sizeLB)
 	}
-	tx, err := e.vols.Begin(ctx, vol, via, guard(cmd))
+	tx, v, err := e.beginOn(ctx, vol, via, cmd)
 	if err != nil {
-		return syncTxn{}, err
-	}
-	v, err := e.volume(vol)
-	if err != nil {
-		tx.Rollback()
 		return syncTxn{}, err
 	}
 	actx, done := v.actionContext(ctx)

@@ -107,15 +107,11 @@ func (e *Engine) removeImages(ctx context.Context, v *volume) error {
 // with fewer images (run clear-vol again); after it, the next start
 // removes the leftover.
 func (e *Engine) ClearVol(ctx context.Context, vol string) error {
-	tx, err := e.vols.Begin(ctx, vol, StateClearVol, guard(CmdClearVol))
+	tx, v, err := e.beginOn(ctx, vol, StateClearVol, CmdClearVol)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := e.volume(vol)
-	if err != nil {
-		return err
-	}
 	if err := e.removeImages(ctx, v); err != nil {
 		return err
 	}
@@ -145,15 +141,11 @@ func (e *Engine) ClearVol(ctx context.Context, vol string) error {
 // a crash midway leaves the previous state with part of the cleanup done
 // (run reset-vol again).
 func (e *Engine) ResetVol(ctx context.Context, vol string) error {
-	tx, err := e.vols.Begin(ctx, vol, StateResetVol, guard(CmdResetVol))
+	tx, v, err := e.beginOn(ctx, vol, StateResetVol, CmdResetVol)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := e.volume(vol)
-	if err != nil {
-		return err
-	}
 	if err := e.removeImages(ctx, v); err != nil {
 		return err
 	}
@@ -176,15 +168,11 @@ func (e *Engine) ResetVol(ctx context.Context, vol string) error {
 // Start makes a Stopped volume take diffs again (Stopped -> Start ->
 // Archived). The base image must exist.
 func (e *Engine) Start(ctx context.Context, vol string) error {
-	tx, err := e.vols.Begin(ctx, vol, StateStart, guard(CmdStart))
+	tx, v, err := e.beginOn(ctx, vol, StateStart, CmdStart)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	v, err := e.volume(vol)
-	if err != nil {
-		return err
-	}
 	v.mu.Lock()
 	size := v.sizeLB
 	v.mu.Unlock()
