@@ -80,27 +80,34 @@ func (c *Controller) UpdateArchiveInfo(ctx context.Context, px Server, vol strin
 	return c.Client(px).Call(ctx, "archive-info", args...)
 }
 
+// stopForArchiveInfo readies proxy px for a change of vol's archive info
+// about archive ax: it checks the kinds, force-stops the volume if it is
+// running, and returns the archives px knows for vol.
+func (c *Controller) stopForArchiveInfo(ctx context.Context, px Server, vol string, ax Server) ([]string, error) {
+	if err := needKind(px, KindProxy); err != nil {
+		return nil, err
+	}
+	if err := needKind(ax, KindArchive); err != nil {
+		return nil, err
+	}
+	st, err := c.GetState(ctx, px, vol)
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(proxyActive, st) {
+		if err := c.Stop(ctx, px, vol, StopForce); err != nil {
+			return nil, err
+		}
+	}
+	return c.GetArchiveInfoList(ctx, px, vol)
+}
+
 // AddArchiveToProxy makes proxy px forward vol's diffs to archive ax
 // (walb-tools add_archive_to_proxy): a running volume is force-stopped,
 // the archive info added (or updated, with opt's options; nil keeps the
 // server's defaults), and the volume started again if start is set.
 func (c *Controller) AddArchiveToProxy(ctx context.Context, px Server, vol string, ax Server, opt *SyncOpt, start bool) error {
-	if err := needKind(px, KindProxy); err != nil {
-		return err
-	}
-	if err := needKind(ax, KindArchive); err != nil {
-		return err
-	}
-	st, err := c.GetState(ctx, px, vol)
-	if err != nil {
-		return err
-	}
-	if slices.Contains(proxyActive, st) {
-		if err := c.Stop(ctx, px, vol, StopForce); err != nil {
-			return err
-		}
-	}
-	names, err := c.GetArchiveInfoList(ctx, px, vol)
+	names, err := c.stopForArchiveInfo(ctx, px, vol, ax)
 	if err != nil {
 		return err
 	}
@@ -118,35 +125,14 @@ func (c *Controller) AddArchiveToProxy(ctx context.Context, px Server, vol strin
 	if !start {
 		return nil
 	}
-	if st, err = c.GetState(ctx, px, vol); err != nil {
-		return err
-	}
-	if st == StateStopped {
-		return c.Start(ctx, px, vol)
-	}
-	return nil
+	return c.startIfStopped(ctx, px, vol)
 }
 
 // DelArchiveFromProxy stops proxy px forwarding vol's diffs to archive ax
 // and drops its queue (walb-tools del_archive_from_proxy): force stop,
 // delete, start again unless no archive is left.
 func (c *Controller) DelArchiveFromProxy(ctx context.Context, px Server, vol string, ax Server) error {
-	if err := needKind(px, KindProxy); err != nil {
-		return err
-	}
-	if err := needKind(ax, KindArchive); err != nil {
-		return err
-	}
-	st, err := c.GetState(ctx, px, vol)
-	if err != nil {
-		return err
-	}
-	if slices.Contains(proxyActive, st) {
-		if err := c.Stop(ctx, px, vol, StopForce); err != nil {
-			return err
-		}
-	}
-	names, err := c.GetArchiveInfoList(ctx, px, vol)
+	names, err := c.stopForArchiveInfo(ctx, px, vol, ax)
 	if err != nil {
 		return err
 	}
@@ -155,7 +141,14 @@ func (c *Controller) DelArchiveFromProxy(ctx context.Context, px Server, vol str
 			return err
 		}
 	}
-	if st, err = c.GetState(ctx, px, vol); err != nil {
+	return c.startIfStopped(ctx, px, vol)
+}
+
+// startIfStopped starts vol on proxy px if it is Stopped (not Clear: no
+// archive left).
+func (c *Controller) startIfStopped(ctx context.Context, px Server, vol string) error {
+	st, err := c.GetState(ctx, px, vol)
+	if err != nil {
 		return err
 	}
 	if st == StateStopped {
