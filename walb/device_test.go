@@ -681,3 +681,55 @@ func TestDeviceFailure(t *testing.T) {
 	require.Equal(t, b, got, "acknowledged writes stay readable")
 	require.ErrorIs(t, dev.Close(), ErrFailed)
 }
+
+// gatedDisk parks WriteAt calls while armed, until released.
+type gatedDisk struct {
+	*memDisk
+	mu      sync.Mutex
+	armed   bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedDisk) WriteAt(p []byte, off int64) (int, error) {
+	g.mu.Lock()
+	armed := g.armed
+	g.armed = false
+	g.mu.Unlock()
+	if armed {
+		close(g.entered)
+		<-g.release
+	}
+	return g.memDisk.WriteAt(p, off)
+}
+
+// TestFailureWhileLogging fails the device while a FUA write is being
+// logged: the write must get the failure, not wait for a flush that will
+// never come.
+func TestFailureWhileLogging(t *testing.T) {
+	ctx := context.Background()
+	const ddevBytes = 1 << 20
+	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
+	ctl := newCrashCtl(1, 0)
+	ldev := &gatedDisk{memDisk: ctl.disk(img, 4096), entered: make(chan struct{}), release: make(chan struct{})}
+	dev, err := OpenStorage(ctx, ldev, ctl.disk(make([]byte, ddevBytes), 4096), Options{Logger: quietLogger()})
+	require.NoError(t, err)
+	ldev.mu.Lock()
+	ldev.armed = true
+	ldev.mu.Unlock()
+	res := make(chan error, 1)
+	go func() {
+		_, err := dev.WriteAtFUA(randBytes(4096), 0)
+		res <- err
+	}()
+	<-ldev.entered
+	dev.fail(io.ErrUnexpectedEOF)
+	close(ldev.release)
+	select {
+	case err := <-res:
+		require.ErrorIs(t, err, ErrFailed)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a FUA write logged while the device failed never returned")
+	}
+	require.ErrorIs(t, dev.Close(), ErrFailed)
+}

@@ -264,10 +264,16 @@ func (d *Device) completePacks(packs []*packWork, end uint64) {
 		for _, r := range p.reqs {
 			n++
 			r.end = p.hdr.NextLsid()
-			if r.fua {
+			switch {
+			case r.fua && d.err != nil:
+				// The device failed while the pack was being written:
+				// no flush will come, and failLocked has already
+				// answered the waiters it knew of.
+				r.done <- d.err
+			case r.fua:
 				d.fuaWait = append(d.fuaWait, r)
 				d.flushUrgent = true
-			} else {
+			default:
 				r.done <- nil
 			}
 		}
