@@ -19,7 +19,9 @@ func (d *Device) Freeze(timeout time.Duration) error {
 	return d.FreezeContext(context.Background(), timeout)
 }
 
-// FreezeContext is Freeze with a context for the wait.
+// FreezeContext is Freeze with a context for the wait. When ctx ends first,
+// the freeze is undone (unless another Freeze or Melt came since) and the
+// context's error is returned.
 func (d *Device) FreezeContext(ctx context.Context, timeout time.Duration) error {
 	if timeout < 0 {
 		return errors.Wrapf(ErrInvalid, "freeze timeout %v", timeout)
@@ -32,6 +34,7 @@ func (d *Device) FreezeContext(ctx context.Context, timeout time.Duration) error
 	}
 	d.frozen = true
 	d.meltGen++
+	gen0 := d.meltGen
 	if d.meltTimer != nil {
 		d.meltTimer.Stop()
 		d.meltTimer = nil
@@ -48,7 +51,17 @@ func (d *Device) FreezeContext(ctx context.Context, timeout time.Duration) error
 			}
 		})
 	}
-	return d.waitLocked(ctx, func() bool { return d.inflight > 0 && d.err == nil })
+	err := d.waitLocked(ctx, func() bool { return d.inflight > 0 && d.err == nil })
+	if err != nil && d.meltGen == gen0 {
+		d.frozen = false
+		d.meltGen++
+		if d.meltTimer != nil {
+			d.meltTimer.Stop()
+			d.meltTimer = nil
+		}
+		kick(d.writeKick)
+	}
+	return err
 }
 
 // Melt resumes write processing after Freeze.
@@ -232,6 +245,7 @@ func (d *Device) ResetWAL(ctx context.Context) error {
 	d.lsids = Lsids{}
 	d.overflow = false
 	d.configureRing()
+	d.cond.Broadcast()
 	d.mu.Unlock()
 	d.log.Info("walb: log reset", "uuid", s.UUID.String(), "ring_pb", s.RingBufferSize)
 	return nil

@@ -759,7 +759,7 @@ func (d *Device) enqueue(ctx context.Context, r *writeReq, prepare func(*writeRe
 
 func (d *Device) releasePendingLocked(n int64) {
 	d.pending -= n
-	if d.throttled && d.pending < d.minPending {
+	if d.throttled && (d.pending < d.minPending || d.pending == 0) {
 		d.throttled = false
 		d.cond.Broadcast()
 	}
@@ -795,9 +795,9 @@ func (d *Device) FlushContext(ctx context.Context) error {
 	if d.err != nil {
 		return d.err
 	}
-	target := d.lsids.Completed
+	target, gen := d.lsids.Completed, d.generation
 	err := d.waitLocked(ctx, func() bool {
-		if d.err != nil || d.lsids.Permanent >= target {
+		if d.err != nil || d.generation != gen || d.lsids.Permanent >= target {
 			return false
 		}
 		d.flushUrgent = true
