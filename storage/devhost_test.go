@@ -186,8 +186,14 @@ func TestDevhostDeviceControl(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, app.Flush())
 
-	l, err := dev.Lsids(ctx)
-	require.NoError(t, err)
+	// The data device catches up in the background; compare once it has,
+	// so that both reads see the same lsids.
+	var l walb.Lsids
+	require.Eventually(t, func() bool {
+		l, err = dev.Lsids(ctx)
+		require.NoError(t, err)
+		return l.Written == l.Permanent
+	}, time.Minute, time.Millisecond, "the data device catches up")
 	direct, err := client.Lsids(ctx, "dev0")
 	require.NoError(t, err)
 	require.Equal(t, direct, l)
@@ -212,8 +218,7 @@ func TestDevhostDeviceControl(t *testing.T) {
 	require.Zero(t, ctl.ckpts.Load(), "a refused release forces no checkpoint")
 	require.NoError(t, dev.SetOldestLsid(ctx, l.PrevWritten))
 
-	// The data device catches up in the background; a checkpoint once it
-	// has makes everything releasable.
+	// A checkpoint makes everything releasable.
 	require.Eventually(t, func() bool {
 		require.NoError(t, client.TakeCheckpoint(ctx, "dev0"))
 		l, err = dev.Lsids(ctx)
