@@ -10,9 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestMaxPendingOneMiB : MaxPendingMB=1 gives MinPendingMB=0 by default;
-// once throttled, pending can never go below 0, so every later write
-// waits forever.
+// TestMaxPendingOneMiB: MaxPendingMB=1 gives MinPendingMB=0 by default;
+// throttled writers must still be let go once nothing is pending.
 func TestMaxPendingOneMiB(t *testing.T) {
 	ctx := context.Background()
 	const ddevBytes = 4 << 20
@@ -39,24 +38,15 @@ func TestMaxPendingOneMiB(t *testing.T) {
 	require.NoError(t, dev.Close())
 }
 
-// TestFreezeCancelledMelts: a FreezeContext whose wait is cancelled
-// returns an error but leaves the device frozen (no timer), so later writes
-// block until someone calls Melt. hold() undoes its effect on error;
-// FreezeContext does not.
+// TestFreezeCancelledMelts: a FreezeContext whose wait is cancelled returns
+// the error and undoes the freeze, as hold does; later writes go through.
 func TestFreezeCancelledMelts(t *testing.T) {
-	ctx := context.Background()
-	const ddevBytes = 1 << 20
-	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
-	ctl := newCrashCtl(1, 0)
-	ldev := &gatedDisk{memDisk: ctl.disk(img, 4096), entered: make(chan struct{}), release: make(chan struct{})}
-	dev, err := OpenStorage(ctx, ldev, ctl.disk(make([]byte, ddevBytes), 4096), Options{Logger: quietLogger()})
-	require.NoError(t, err)
-	ldev.mu.Lock()
-	ldev.armed = true
-	ldev.mu.Unlock()
+	var ldev *gatedDisk
+	dev := openMemDevice(t, func(m *memDisk) Storage { ldev = newGatedDisk(m); return ldev }, Options{})
+	ldev.arm()
 	go dev.WriteAt(randBytes(4096), 0)
 	<-ldev.entered // inflight == 1
-	fctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	fctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	require.ErrorIs(t, dev.FreezeContext(fctx, 0), context.DeadlineExceeded)
 	close(ldev.release)
@@ -93,13 +83,9 @@ func (s *syncGate) Sync() error {
 // not miss their wake-up when the lsids are reset to 0.
 func TestResetWALWakesFlush(t *testing.T) {
 	ctx := context.Background()
-	const ddevBytes = 1 << 20
-	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
-	ctl := newCrashCtl(1, 0)
-	ldev := &syncGate{memDisk: ctl.disk(img, 4096)}
-	dev, err := OpenStorage(ctx, ldev, ctl.disk(make([]byte, ddevBytes), 4096),
-		Options{Logger: quietLogger(), LogFlushInterval: time.Hour, CheckpointInterval: -1})
-	require.NoError(t, err)
+	var ldev *syncGate
+	dev := openMemDevice(t, func(m *memDisk) Storage { ldev = &syncGate{memDisk: m}; return ldev },
+		Options{LogFlushInterval: time.Hour, CheckpointInterval: -1})
 	for it := range 100 {
 		_, err := dev.WriteAt(randBytes(4096), 0)
 		require.NoError(t, err)

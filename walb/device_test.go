@@ -656,15 +656,10 @@ func (f *failingDisk) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func TestDeviceFailure(t *testing.T) {
-	ctx := context.Background()
-	const ddevBytes = 1 << 20
-	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
-	ctl := newCrashCtl(1, 0)
-	ldev := &failingDisk{memDisk: ctl.disk(img, 4096)}
-	dev, err := OpenStorage(ctx, ldev, ctl.disk(make([]byte, ddevBytes), 4096), Options{Logger: quietLogger()})
-	require.NoError(t, err)
+	var ldev *failingDisk
+	dev := openMemDevice(t, func(m *memDisk) Storage { ldev = &failingDisk{memDisk: m}; return ldev }, Options{})
 	b := randBytes(4096)
-	_, err = dev.WriteAt(b, 0)
+	_, err := dev.WriteAt(b, 0)
 	require.NoError(t, err)
 	ldev.mu.Lock()
 	ldev.armed = true
@@ -703,20 +698,43 @@ func (g *gatedDisk) WriteAt(p []byte, off int64) (int, error) {
 	return g.memDisk.WriteAt(p, off)
 }
 
+func newGatedDisk(m *memDisk) *gatedDisk {
+	return &gatedDisk{memDisk: m, entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+// arm parks the next WriteAt.
+func (g *gatedDisk) arm() {
+	g.mu.Lock()
+	g.armed = true
+	g.mu.Unlock()
+}
+
+// openMemDevice opens a device on a freshly formatted 1 MiB in-memory log
+// device (wrapped by wrap, when not nil) and a 1 MiB data device of zeros.
+func openMemDevice(t *testing.T, wrap func(*memDisk) Storage, opts Options) *Device {
+	t.Helper()
+	const ddevBytes = 1 << 20
+	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
+	ctl := newCrashCtl(1, 0)
+	var ldev Storage = ctl.disk(img, 4096)
+	if wrap != nil {
+		ldev = wrap(ldev.(*memDisk))
+	}
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	dev, err := OpenStorage(context.Background(), ldev, ctl.disk(make([]byte, ddevBytes), 4096), opts)
+	require.NoError(t, err)
+	return dev
+}
+
 // TestFailureWhileLogging fails the device while a FUA write is being
 // logged: the write must get the failure, not wait for a flush that will
 // never come.
 func TestFailureWhileLogging(t *testing.T) {
-	ctx := context.Background()
-	const ddevBytes = 1 << 20
-	img := formatMem(t, 4096, 1<<20, make([]byte, ddevBytes), 0)
-	ctl := newCrashCtl(1, 0)
-	ldev := &gatedDisk{memDisk: ctl.disk(img, 4096), entered: make(chan struct{}), release: make(chan struct{})}
-	dev, err := OpenStorage(ctx, ldev, ctl.disk(make([]byte, ddevBytes), 4096), Options{Logger: quietLogger()})
-	require.NoError(t, err)
-	ldev.mu.Lock()
-	ldev.armed = true
-	ldev.mu.Unlock()
+	var ldev *gatedDisk
+	dev := openMemDevice(t, func(m *memDisk) Storage { ldev = newGatedDisk(m); return ldev }, Options{})
+	ldev.arm()
 	res := make(chan error, 1)
 	go func() {
 		_, err := dev.WriteAtFUA(randBytes(4096), 0)
