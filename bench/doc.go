@@ -70,17 +70,25 @@
 // device read raw by 4 readers of 1 MiB (the queue depth the comparison
 // keeps), and the device and a0's base image read raw at once (the I/O any
 // comparison on one machine must do: on two hosts the sides read in
-// parallel from different disks). Then full-bkp (timed), go-standby, 1% of
-// the 256 KiB chunks rewritten (their logs dropped by the standby, as after
-// an overflow or a target switch), and hash-bkp until its gid is
-// restorable: throughput as image bytes per second against both baselines
-// (goal >= 80% of the raw read), and the bytes the storage sent to the
-// archive, counted by a TCP relay between them, against the bytes changed
-// (goal <= 1.05x, the hashes the archive sends back given apart). Finally
-// replicate-once a0 -> a1 (a full replication of the base plus the diffs)
-// against full-bkp. -plainfs keeps the images in the work directory (no
-// reflink: virtual images are overlays). WALB_BENCH_LOG=1 prints the servers' logs,
-// WALB_BENCH_HASHPROF=FILE writes a CPU profile of the hash backup.
+// parallel from different disks). Then full-bkp (timed), and -count rounds
+// (default 1) of: go-standby, 1% of the 256 KiB chunks rewritten (their
+// logs dropped by the standby, as after an overflow or a target switch),
+// both baselines read again, and hash-bkp until its gid is restorable. The
+// baselines are read right before each hash backup because the disk's
+// speed drifts from minute to minute on a VM; the report gives each
+// round's ratios and their median (goal >= 80% of the raw read), and the
+// bytes the storage sent to the archive, counted by a TCP relay between
+// them, against the bytes changed (goal <= 1.05x, the hashes the archive
+// sends back given apart). Finally replicate-once a0 -> a1 (a full
+// replication of the base plus the diffs) against full-bkp.
+//
+// -plainfs keeps the images in the work directory (no reflink: virtual
+// images are overlays). -imagesdir DIR puts the images (their XFS backing
+// file) in DIR, e.g. on another disk as on a separate archive host, so that
+// the two sides of the comparison do not share one disk; /dev/shm models
+// an archive disk faster than the device's. WALB_BENCH_LOG=1 prints the
+// servers' logs, WALB_BENCH_HASHPROF=FILE writes a CPU profile of the
+// first hash backup.
 //
 // # Method
 //

@@ -63,6 +63,7 @@ type config struct {
 	nbdSize  int64        // bytes copied by every nbd suite run
 	hashSize int64        // device size of the hashbkp suite
 	plainFS  bool         // hashbkp: archive images in the work directory, not on XFS
+	imgDir   string       // hashbkp: where the archives' image file system lives ("": the work directory)
 	sweep    []devOptions // device options tried besides the defaults
 }
 
@@ -78,6 +79,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	nbdSize := fs.String("nbdsize", "1G", "data copied by every run of the nbd suite (and its export size)")
 	hashSize := fs.String("hashsize", "2G", "device size of the hashbkp suite (hash-bkp and replicate)")
 	fs.BoolVar(&cfg.plainFS, "plainfs", false, "hashbkp: keep the archives' images in the work directory (no loop-mounted XFS, so no reflink)")
+	fs.StringVar(&cfg.imgDir, "imagesdir", "", "hashbkp: put the archives' images (their XFS backing file, or with -plainfs the images) in this directory, "+
+		"e.g. on another disk as on a separate archive host (/dev/shm: a disk faster than the device); default: the work directory")
 	sweep := fs.String("devsweep", defaultSweep, "device options to try besides the defaults: space-separated sets of comma-separated "+
 		devOptionsUsage+" (\"none\": no sweep)")
 	suites := fs.String("suites", strings.Join(allSuites, ","), "comma-separated suites to run: "+strings.Join(allSuites, ", "))

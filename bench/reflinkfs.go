@@ -13,7 +13,7 @@ import (
 
 // reflinkDir returns a directory on XFS with reflink for the archives'
 // images, as an operator would deploy them: a sparse file of size bytes in
-// the work directory, formatted with mkfs.xfs -m reflink=1 and loop-mounted
+// the work directory (or -imagesdir), formatted with mkfs.xfs -m reflink=1 and loop-mounted
 // (autoclear). It needs root, mount and mkfs.xfs; without them it returns
 // "" and says why, and the caller keeps the images in the work directory
 // (then virtual images are full copies). The returned cleanup unmounts.
@@ -27,7 +27,11 @@ func (b *bench) reflinkDir(ctx context.Context, size int64) (dir, why string, cl
 			return "", tool + " not installed (xfsprogs, mount)", cleanup
 		}
 	}
-	backing := filepath.Join(b.dir, "images-xfs.img")
+	where := b.dir
+	if b.cfg.imgDir != "" {
+		where = b.cfg.imgDir
+	}
+	backing := filepath.Join(where, fmt.Sprintf("walb-bench-images-%d.img", os.Getpid()))
 	mnt := filepath.Join(b.dir, "images-xfs")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		return "", err.Error(), cleanup
