@@ -152,7 +152,8 @@ func (b *bench) hashRepl(ctx context.Context) error {
 			x[i] = f(r)
 		}
 		slices.Sort(x)
-		return x[len(x)-1], x[len(x)/2]
+		n := len(x)
+		return x[n-1], (x[(n-1)/2] + x[n/2]) / 2
 	}
 	rawBest, rawMed := ratios(hashRound.rawRatio)
 	bothBest, bothMed := ratios(hashRound.bothRatio)
