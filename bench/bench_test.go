@@ -362,3 +362,45 @@ func applyImage(t *testing.T, size int64, path string) [32]byte {
 	require.NoError(t, err)
 	return fileHash(t, img.Name())
 }
+
+// TestHarnessHashBkp runs the hashbkp suite on a tiny device, two rounds:
+// the group's hash backups and the replication must succeed (the controller
+// waits for the gids to be restorable), and the storage must send about the
+// bytes it changed. As root the archives' images sit on a loop-mounted XFS,
+// which the suite must leave unmounted and detached.
+func TestHarnessHashBkp(t *testing.T) {
+	const size = 32 << 20
+	cfg := config{hashSize: size, count: 2, dir: t.TempDir(), suites: map[string]bool{"hashbkp": true}}
+	var out bytes.Buffer
+	_, err := run(context.Background(), cfg, &out, io.Discard)
+	require.NoError(t, err)
+	report := out.String()
+	t.Log("\n" + report)
+
+	rate := ` +\d+\.\d MB/s`
+	lines := []string{
+		`hashbkp suite: embedded group \(1 storage, 1 proxy, 2 archives on 127\.0\.0\.1\), 32 MiB device, chunk 256 KiB`,
+		`baseline raw device read` + rate,
+		`full-bkp` + rate + ` +\(\d+\.\d\dx raw read; 32\.0 MiB sent to the archive\)`,
+		`  round 1: raw` + rate + `, device \+ image` + rate + `, hash-bkp` + rate + ` = \d+\.\d\dx raw, \d+\.\d\dx device \+ image`,
+		`  round 2: raw` + rate,
+		`hash-bkp,  0\.8% chunks changed  \d+\.\d\dx raw device read \(median of 2 rounds; best \d+\.\d\dx\), goal >= 0\.80`,
+		`replicate a0 -> a1 \(full\)` + rate + ` +\(\d+\.\d\dx full-bkp; until a1 has the latest gid\)`,
+	}
+	for _, l := range lines {
+		require.Regexp(t, regexp.MustCompile(`(?m)^`+l), report)
+	}
+	m := regexp.MustCompile(`hash-bkp bytes +sent .* changed = (\d+\.\d+)x \(goal <= 1\.05\)`).FindStringSubmatch(report)
+	require.NotNil(t, m, "bytes line")
+	var ratio float64
+	_, err = fmt.Sscan(m[1], &ratio)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, ratio, 1.0, "every changed byte is sent")
+	require.LessOrEqual(t, ratio, 1.05, "only the changed chunks are sent")
+
+	if os.Geteuid() == 0 {
+		mounts, err := os.ReadFile("/proc/self/mounts")
+		require.NoError(t, err)
+		require.NotContains(t, string(mounts), cfg.dir, "the images' file system is unmounted")
+	}
+}
