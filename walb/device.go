@@ -29,7 +29,8 @@ type Options struct {
 	MaxIOSize int
 	// MaxPendingMB bounds the memory held by writes that are logged but not
 	// yet on the data device (default 64). Writers wait above it until the
-	// pending data falls below MinPendingMB (default half of it).
+	// pending data falls below MinPendingMB (default half of it), or
+	// nothing is pending.
 	MaxPendingMB, MinPendingMB uint32
 	// LogFlushInterval and LogFlushIntervalMB bound how long and how much
 	// log may stay unflushed when nobody asks for a flush (defaults 100 ms
