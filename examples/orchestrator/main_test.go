@@ -175,14 +175,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // embedded group whose device is written all along: it snapshots, applies
 // and merges, and the backup stays exact.
 func TestAgainstGroup(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a backup group")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	g, err := group.Start(ctx, group.Config{})
-	require.NoError(t, err)
-	defer g.Close(ctx)
+	ctx, g := startGroup(t, group.Config{})
 	const size = 8 << 20
 	v, err := g.AddVolume(ctx, "vol0", group.VolumeOptions{Size: size})
 	require.NoError(t, err)
@@ -284,14 +277,7 @@ func writeRandom(t *testing.T, v *group.Volume, rng *rand.Rand, n int) {
 // nothing. After each replication a1 restores the primary's newest
 // snapshot bit for bit.
 func TestReplication(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a backup group")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	g, err := group.Start(ctx, group.Config{Archives: 2})
-	require.NoError(t, err)
-	defer g.Close(ctx)
+	ctx, g := startGroup(t, group.Config{Archives: 2})
 	const size = 4 << 20
 	v, err := g.AddVolume(ctx, "vol0", group.VolumeOptions{Size: size})
 	require.NoError(t, err)
@@ -369,14 +355,7 @@ func TestReplication(t *testing.T) {
 // -max-repl 1 one round replicates one of two due volumes and leaves the
 // other for later; with -max-repl 2 both go at once.
 func TestReplicationSlots(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a backup group")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	g, err := group.Start(ctx, group.Config{Archives: 2})
-	require.NoError(t, err)
-	defer g.Close(ctx)
+	ctx, g := startGroup(t, group.Config{Archives: 2})
 	rng := rand.New(rand.NewPCG(3, 3))
 	var vols []*group.Volume
 	for _, name := range []string{"vol0", "vol1"} {
@@ -432,14 +411,8 @@ func TestReplicationSlots(t *testing.T) {
 // its active volumes by itself (ResumeApplies) but not of stopped ones,
 // which are left to the next apply once started.
 func TestFinishInterruptedApply(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a backup group")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	dir := t.TempDir()
-	g, err := group.Start(ctx, group.Config{Dir: dir})
-	require.NoError(t, err)
+	ctx, g := startGroup(t, group.Config{Dir: dir})
 	const size = 4 << 20
 	v, err := g.AddVolume(ctx, "vol0", group.VolumeOptions{Size: size})
 	require.NoError(t, err)
@@ -529,4 +502,20 @@ func TestFinishInterruptedApply(t *testing.T) {
 		}
 	}
 	require.NoError(t, g.Close(ctx))
+}
+
+// startGroup starts an embedded backup group for a test (skipped with
+// -short) and returns it with a context that ends after two minutes; the
+// group is closed when the test ends.
+func startGroup(t *testing.T, cfg group.Config) (context.Context, *group.Group) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a backup group")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	g, err := group.Start(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { g.Close(context.Background()) })
+	return ctx, g
 }
