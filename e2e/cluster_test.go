@@ -37,7 +37,7 @@ const (
 // cluster is one backup group of real processes on 127.0.0.1: a device
 // daemon with one WalB device, an archive, a proxy and a storage.
 type cluster struct {
-	t   testing.TB
+	steps
 	dir string
 
 	dev, a0p, p0p, s0p *proc
@@ -64,7 +64,7 @@ func newCluster(t testing.TB) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, devSize: devMiB << 20}
+	c := &cluster{steps: steps{t}, dir: dir, devSize: devMiB << 20}
 	t.Cleanup(func() {
 		for _, p := range c.procs() {
 			if p != nil {
@@ -250,38 +250,45 @@ func runWalbc(ctx context.Context, s controller.Server, wait bool, args ...strin
 	return run(ctx, bin(binWalbc), append(a, args...)...)
 }
 
-func (c *cluster) walbc(s controller.Server, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	return c.walbcCtx(ctx, s, false, args...)
+// steps runs walbc and bounds the steps of a test; both clusters embed it.
+type steps struct {
+	t testing.TB
 }
 
-func (c *cluster) mustWalbc(s controller.Server, args ...string) string {
-	c.t.Helper()
-	out, err := c.walbc(s, args...)
+// walbc runs walbc against s and returns its trimmed output.
+func (st steps) walbc(s controller.Server, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := runWalbc(ctx, s, false, args...)
+	return strings.TrimSpace(out), err
+}
+
+func (st steps) mustWalbc(s controller.Server, args ...string) string {
+	st.t.Helper()
+	out, err := st.walbc(s, args...)
 	if err != nil {
-		c.t.Fatal(err)
+		st.t.Fatal(err)
 	}
-	return strings.TrimSpace(out)
+	return out
 }
 
 // mustWalbcWait runs a long command with walbc -wait.
-func (c *cluster) mustWalbcWait(s controller.Server, args ...string) string {
-	c.t.Helper()
+func (st steps) mustWalbcWait(s controller.Server, args ...string) string {
+	st.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := c.walbcCtx(ctx, s, true, args...)
+	out, err := runWalbc(ctx, s, true, args...)
 	if err != nil {
-		c.t.Fatal(err)
+		st.t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
 }
 
 // ctx returns a context bounding one step of a test: a hang fails the
 // step, with the logs, instead of the whole test binary.
-func (c *cluster) ctx() context.Context {
+func (st steps) ctx() context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	c.t.Cleanup(cancel)
+	st.t.Cleanup(cancel)
 	return ctx
 }
 

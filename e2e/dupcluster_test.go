@@ -62,7 +62,7 @@ func (s *dupStorage) nbdURI() string { return fmt.Sprintf("nbd://%s/%s", s.nbdAd
 // same data to every device (as walb-tools' scenario tests write to both
 // replicas), so that any storage can become the target by a hash backup.
 type dupCluster struct {
-	t        testing.TB
+	steps
 	dir      string
 	opt      dupOptions
 	devSize  int64
@@ -114,7 +114,7 @@ func newDupCluster(t testing.TB, opt dupOptions) *dupCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dc := &dupCluster{t: t, dir: dir, opt: opt, devSize: int64(opt.devMiB) << 20}
+	dc := &dupCluster{steps: steps{t}, dir: dir, opt: opt, devSize: int64(opt.devMiB) << 20}
 	t.Cleanup(func() {
 		for _, p := range dc.procs() {
 			if p != nil {
@@ -297,42 +297,6 @@ func (dc *dupCluster) mustWdevc(s *dupStorage, args ...string) string {
 		dc.t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
-}
-
-// walbc runs walbc against s and returns its trimmed output.
-func (dc *dupCluster) walbc(s controller.Server, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := runWalbc(ctx, s, false, args...)
-	return strings.TrimSpace(out), err
-}
-
-func (dc *dupCluster) mustWalbc(s controller.Server, args ...string) string {
-	dc.t.Helper()
-	out, err := dc.walbc(s, args...)
-	if err != nil {
-		dc.t.Fatal(err)
-	}
-	return out
-}
-
-// mustWalbcWait runs a long command with walbc -wait.
-func (dc *dupCluster) mustWalbcWait(s controller.Server, args ...string) string {
-	dc.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := runWalbc(ctx, s, true, args...)
-	if err != nil {
-		dc.t.Fatal(err)
-	}
-	return strings.TrimSpace(out)
-}
-
-// ctx bounds one step of a test.
-func (dc *dupCluster) ctx() context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	dc.t.Cleanup(cancel)
-	return ctx
 }
 
 // state returns vol's state on s.
